@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+BENCHMARKS = SHARED / "benchmarks"
+REFERENCE = SHARED / "reference"
+
+torch.set_num_threads(2)
+
+TINY_CORPUS = [
+    "<think>\n3 + 4 = 7\n\nThen 7 * 2 = 14\n\nSo the answer is 14.\n</think>\n\\boxed{14}",
+    "Compute (12 - 5) * 3. Let's reason step by step.",
+    "First, we subtract five from twelve, which gives seven.\n\nNext, multiply by three: 21.",
+    "Step 1: 8 / 2 = 4\nStep 2: 4 + 9 = 13\n\\boxed{13}",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from reasonft.models.tokenizer import train_tokenizer
+
+    return train_tokenizer(TINY_CORPUS, vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_tokenizer):
+    """A random tiny Qwen2 (float32, eager-free sdpa) matching `tiny_tokenizer`."""
+    from reasonft.models.loading import random_student
+
+    model = random_student(
+        {
+            "model_type": "qwen2",
+            "vocab_size": len(tiny_tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 512,
+            "tie_word_embeddings": False,
+        },
+        seed=0,
+    )
+    model.eval()
+    return model
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA; no GPU on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+def needs_shared(path: Path):
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (../shared not beside the checkout)")
