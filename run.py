@@ -1,0 +1,16 @@
+"""reasonft entry point: `python run.py [overrides]` runs the configured stages (conf/config.yaml)."""
+
+import hydra
+from omegaconf import DictConfig
+
+import reasonft  # noqa: F401  (registers the config resolvers)
+from reasonft.pipeline.runner import run_pipeline
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    return run_pipeline(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""Load records from JSON, JSON lines or Parquet files through a field mapping.
+
+Every record either becomes a row of the record schema or is reported: with
+`on_bad_record="error"` the first unreadable record stops the load with its file, position
+(line for .jsonl, item for .json, row for .parquet) and field; with `"skip"` it is left out and
+counted, with the first reasons kept for the run's report.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+import pyarrow.parquet as pq
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from reasonft.data.fields import (
+    REQUIRED_COLUMNS,
+    FieldError,
+    FieldPath,
+    normalize_answer,
+    normalize_value,
+    parse_mapping,
+)
+
+OnBadRecord = Literal["error", "skip"]
+SUFFIXES = (".json", ".jsonl", ".parquet")
+FEATURES = {
+    "prompt_id": datasets.Value("string"),
+    "prompt": datasets.Value("string"),
+    "answer": datasets.Value("string"),
+    "response": datasets.Value("string"),
+    "source": datasets.Value("string"),
+    "steps": datasets.List(datasets.Value("string")),
+    "sample_idx": datasets.Value("int64"),
+}
+COLUMN_ORDER = tuple(FEATURES)
+_CHUNK_ROWS = 10_000
+_KEPT_REASONS = 10
+
+
+class RecordError(ValueError):
+    """A record that cannot be read; the message names file, position and field."""
+
+    def __init__(self, path: Path, where: str, reason: str, field: str | None = None) -> None:
+        self.path, self.where, self.reason, self.field = path, where, reason, field
+        named = f" field {field}:" if field else ""
+        super().__init__(f"{path}: {where}:{named} {reason}")
+
+
+@dataclass
+class LoadReport:
+    """What a load read, kept and left out (and why)."""
+
+    path: str
+    fields: dict[str, str]
+    records_read: int = 0
+    loaded: int = 0
+    skipped: int = 0
+    skip_reasons: list[str] = field(default_factory=list)
+    blank_lines: int = 0
+    # List answers with several distinct forms: the first is kept (see fields.normalize_answer).
+    answers_with_alternatives: int = 0
+    # Prompts that did not end with `strip_suffix` and were kept whole.
+    suffix_missing: int = 0
+
+    def skip(self, error: RecordError) -> None:
+        self.skipped += 1
+        if len(self.skip_reasons) < _KEPT_REASONS:
+            self.skip_reasons.append(str(error))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_records(
+    path: str | Path,
+    fields: Mapping[str, str],
+    on_bad_record: OnBadRecord = "error",
+    source: str | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    strip_suffix: str | None = None,
+) -> tuple[datasets.Dataset, LoadReport]:
+    """Read `path` (.json array, .jsonl, .parquet) into record-schema rows.
+
+    Args:
+        fields: record column -> path in the source record (`prompt` and `answer` required).
+        on_bad_record: "error" raises on the first unreadable record, "skip" counts and skips it.
+        source: the `source` of every record (e.g. a teacher name) where no field gives one.
+        defaults: column -> value used when the column is unmapped or its field is absent.
+        strip_suffix: removed from the end of each prompt that has it (data shipped with the
+            prompt suffix already appended), so that `prompt` is the problem text alone.
+
+    `prompt_id` comes from its field when mapped, else it is "<file stem>-<index>" with the
+    0-based index of the record in the file.
+    """
+    path = Path(path)
+    if on_bad_record not in ("error", "skip"):
+        raise ValueError(f"on_bad_record={on_bad_record!r}: choose 'error' or 'skip'")
+    if path.suffix not in SUFFIXES:
+        raise ValueError(
+            f"{path}: unsupported file type {path.suffix!r}; use one of {list(SUFFIXES)}"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    paths = parse_mapping(fields)
+    defaults = dict(defaults or {})
+    if source is not None:
+        defaults.setdefault("source", source)
+    missing = [c for c in REQUIRED_COLUMNS if c not in paths]
+    if missing:
+        raise ValueError(f"{path}: fields must map {missing} (given: {dict(fields)})")
+    bad_defaults = [c for c in defaults if c not in FEATURES or c in REQUIRED_COLUMNS]
+    if bad_defaults:
+        raise ValueError(
+            f"defaults: cannot set {bad_defaults}; allowed: {sorted(set(FEATURES) - set(REQUIRED_COLUMNS))}"
+        )
+
+    report = LoadReport(path=str(path), fields={c: p.text for c, p in paths.items()})
+    columns = [c for c in COLUMN_ORDER if c in paths or c in defaults or c == "prompt_id"]
+    converter = _RowConverter(path, paths, defaults, strip_suffix, report)
+    chunks: list[datasets.Dataset] = []
+    rows: dict[str, list[Any]] = {c: [] for c in columns}
+    features = datasets.Features({c: FEATURES[c] for c in columns})
+
+    # closing(): an error mid-file closes the reader (and its progress bar) at once.
+    with closing(_raw_records(path, paths, defaults, report)) as raw_records:
+        for index, where, raw in raw_records:
+            report.records_read += 1
+            try:
+                row = converter(index, where, raw)
+            except RecordError as error:
+                if on_bad_record == "error":
+                    raise
+                report.skip(error)
+                continue
+            for c in columns:
+                rows[c].append(row[c])
+            report.loaded += 1
+            if len(rows["prompt"]) >= _CHUNK_ROWS:
+                chunks.append(datasets.Dataset.from_dict(rows, features=features))
+                rows = {c: [] for c in columns}
+    if rows["prompt"] or not chunks:
+        chunks.append(datasets.Dataset.from_dict(rows, features=features))
+
+    if report.loaded == 0:
+        reasons = "; ".join(report.skip_reasons[:3]) or "the file holds no records"
+        raise ValueError(
+            f"{path}: no record could be loaded ({report.records_read} read): {reasons}"
+        )
+    dataset = chunks[0] if len(chunks) == 1 else datasets.concatenate_datasets(chunks)
+    return dataset, report
+
+
+class _RowConverter:
+    """One raw record -> one row dict, or a RecordError naming position and field."""
+
+    def __init__(
+        self,
+        path: Path,
+        paths: dict[str, FieldPath],
+        defaults: dict[str, Any],
+        strip_suffix: str | None,
+        report: LoadReport,
+    ) -> None:
+        self.path, self.paths = path, paths
+        self.strip_suffix, self.report = strip_suffix or None, report
+        self.defaults: dict[str, Any] = {}
+        for column, value in defaults.items():
+            try:
+                self.defaults[column] = normalize_value(column, value)
+            except FieldError as error:
+                raise ValueError(f"defaults.{column}={value!r}: {error}") from None
+
+    def __call__(self, index: int, where: str, raw: Any) -> dict[str, Any]:
+        if isinstance(raw, RecordError):
+            raise raw
+        if not isinstance(raw, Mapping):
+            raise RecordError(self.path, where, f"expected an object, got a {type(raw).__name__}")
+        row: dict[str, Any] = {}
+        has_alternatives = False
+        for column, field_path in self.paths.items():
+            try:
+                value = field_path.resolve(raw)
+            except FieldError as error:
+                if column not in self.defaults:
+                    raise RecordError(self.path, where, str(error), self._name(column)) from None
+                value = self.defaults[column]
+            try:
+                if column == "answer":
+                    answer = normalize_answer(value)
+                    has_alternatives = answer.alternatives > 0
+                    row[column] = answer.text
+                else:
+                    row[column] = normalize_value(column, value)
+            except FieldError as error:
+                raise RecordError(self.path, where, str(error), self._name(column)) from None
+        for column, value in self.defaults.items():
+            row.setdefault(column, value)
+        row.setdefault("prompt_id", f"{self.path.stem}-{index}")
+        if self.strip_suffix:
+            if row["prompt"].endswith(self.strip_suffix):
+                row["prompt"] = row["prompt"][: -len(self.strip_suffix)]
+                if not row["prompt"].strip():
+                    raise RecordError(
+                        self.path, where, "prompt is only the suffix", self._name("prompt")
+                    )
+            else:
+                self.report.suffix_missing += 1
+        self.report.answers_with_alternatives += has_alternatives
+        return row
+
+    def _name(self, column: str) -> str:
+        path = self.paths[column].text
+        return f"'{column}'" if path == column else f"'{column}' (from '{path}')"
+
+
+# -- reading raw records -------------------------------------------------------------------------
+
+
+def _raw_records(
+    path: Path, paths: dict[str, FieldPath], defaults: Mapping[str, Any], report: LoadReport
+) -> Iterator[tuple[int, str, Any]]:
+    """(0-based index, position for messages, raw record or a RecordError for an unreadable one)."""
+    if path.suffix == ".jsonl":
+        yield from _jsonl_records(path, report)
+    elif path.suffix == ".json":
+        yield from _json_records(path)
+    else:
+        yield from _parquet_records(path, paths, defaults)
+
+
+def _progress(label: str) -> Progress:
+    return Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+
+
+def _jsonl_records(path: Path, report: LoadReport) -> Iterator[tuple[int, str, Any]]:
+    total = path.stat().st_size
+    index = 0
+    with path.open("rb") as handle, _progress(f"load {path.name} (bytes)") as bar:
+        task = bar.add_task("load", total=total)
+        unreported = 0
+        for line_no, line in enumerate(handle, start=1):
+            unreported += len(line)
+            if unreported >= 1 << 20:
+                bar.advance(task, unreported)
+                unreported = 0
+            where = f"line {line_no}"
+            if not line.strip():
+                report.blank_lines += 1
+                continue
+            try:
+                raw: Any = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raw = RecordError(path, where, f"not valid JSON ({_json_reason(error)})")
+            yield index, where, raw
+            index += 1
+        bar.update(task, completed=total)
+
+
+def _json_records(path: Path) -> Iterator[tuple[int, str, Any]]:
+    try:
+        data = json.loads(path.read_bytes())
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        # A broken array cannot be split into records, so this is an error even with "skip".
+        raise RecordError(
+            path, f"line {error.lineno}", f"not valid JSON ({_json_reason(error)})"
+        ) from None
+    if not isinstance(data, list):
+        raise TypeError(
+            f"{path}: expected a JSON array of records, got a {type(data).__name__} (use .jsonl for JSON lines)"
+        )
+    with _progress(f"load {path.name}") as bar:
+        task = bar.add_task("load", total=len(data))
+        for index, raw in enumerate(data):
+            yield index, f"item {index}", raw
+            if index % 1000 == 999:
+                bar.advance(task, 1000)
+        bar.update(task, completed=len(data))
+
+
+def _parquet_records(
+    path: Path, paths: dict[str, FieldPath], defaults: Mapping[str, Any]
+) -> Iterator[tuple[int, str, Any]]:
+    """Rows as dicts, reading only the top-level columns the mapping uses."""
+    parquet = pq.ParquetFile(path)
+    names = parquet.schema_arrow.names
+    # A column the file lacks altogether is a mapping error, not a bad row (unless defaulted).
+    needed = {
+        c: p.text for c, p in paths.items() if str(p.parts[0]) not in names and c not in defaults
+    }
+    if needed:
+        raise ValueError(
+            f"{path}: fields {needed} name column(s) the file does not have; its columns: {names}"
+        )
+    tops = sorted({str(p.parts[0]) for p in paths.values()} & set(names))
+    total = parquet.metadata.num_rows
+    index = 0
+    with _progress(f"load {path.name}") as bar:
+        task = bar.add_task("load", total=total)
+        for batch in parquet.iter_batches(batch_size=4096, columns=tops):
+            for raw in batch.to_pylist():
+                yield index, f"row {index}", raw
+                index += 1
+            bar.advance(task, batch.num_rows)
+
+
+def _json_reason(error: json.JSONDecodeError | UnicodeDecodeError) -> str:
+    if isinstance(error, json.JSONDecodeError):
+        return f"{error.msg} at column {error.colno}"
+    return f"not UTF-8: {error.reason}"

@@ -1,0 +1,91 @@
+"""The run's final table: what each stage did and the evaluation before and after fine-tuning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from reasonft.io import write_json, write_text
+from reasonft.pipeline.artifacts import Artifact
+
+
+def _metric_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Rows of (model, benchmark, metric...) from the evaluator summaries."""
+    columns: list[str] = []
+    rows: list[list[str]] = []
+    for tag, summary in results.items():
+        for bench, metrics in summary.get("benchmarks", {}).items():
+            flat = flatten_metrics(metrics)
+            for key in flat:
+                if key not in columns:
+                    columns.append(key)
+            rows.append([tag, bench, *[str(flat.get(c, "")) for c in columns]])
+    width = 2 + len(columns)
+    return columns, [r + [""] * (width - len(r)) for r in rows]
+
+
+def flatten_metrics(metrics: dict[str, Any]) -> dict[str, str]:
+    """Scalar metrics as display strings, nested dicts joined with '/'."""
+    flat: dict[str, str] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            for sub, v in flatten_metrics(value).items():
+                flat[f"{key}/{sub}"] = v
+        elif isinstance(value, float):
+            flat[key] = f"{value:.4f}"
+        elif isinstance(value, (int, str, bool)):
+            flat[key] = str(value)
+    return flat
+
+
+def objective_value(cfg: DictConfig, results: dict[str, Any]) -> float | None:
+    """The sweep objective: `cfg.objective` averaged over benchmarks, trained model if any."""
+    summary = results.get("trained") or results.get("base")
+    if not summary:
+        return None
+    value = summary.get("average", {}).get(cfg.objective)
+    return float(value) if value is not None else None
+
+
+def write_final_report(
+    cfg: DictConfig, artifacts: list[Artifact], results: dict[str, Any], out_dir: Path
+) -> float | None:
+    console = Console()
+    stages = Table(title="stages")
+    for col in ("stage", "artifact", "status"):
+        stages.add_column(col)
+    for art in artifacts:
+        status = "reused" if art.reused else f"built in {art.seconds:.1f}s"
+        stages.add_row(art.stage, str(art.path), status)
+    console.print(stages)
+
+    columns, rows = _metric_rows(results)
+    table = Table(title=f"evaluation — {cfg.task_name}")
+    for col in ("model", "benchmark", *columns):
+        table.add_column(col, justify="right" if col not in ("model", "benchmark") else "left")
+    for row in rows:
+        table.add_row(*row)
+    if rows:
+        console.print(table)
+
+    header = ["model", "benchmark", *columns]
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    write_text("\n".join(md) + "\n", out_dir / "results.md")
+    objective = objective_value(cfg, results)
+    write_json(
+        {
+            "task_name": cfg.task_name,
+            "objective": {"name": cfg.objective, "value": objective},
+            "results": results,
+            "artifacts": {f"{a.stage}:{a.key}": str(a.path) for a in artifacts},
+            "overrides": OmegaConf.to_container(cfg, resolve=False).get("stages"),
+        },
+        out_dir / "results.json",
+    )
+    console.print(f"results: {out_dir / 'results.md'}")
+    return objective

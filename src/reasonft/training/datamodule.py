@@ -1,0 +1,224 @@
+"""LightningDataModule over training records: tokenise, apply the length limit, mix CE/UL batches.
+
+The Trainer must be built with `use_distributed_sampler=False` (conf/trainer/default.yaml sets
+it): the MixedBatchSampler already gives each rank its share, and Lightning would otherwise wrap
+it in a DistributedSampler and break the fixed CE/UL composition of the global batch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from reasonft.data.records import LOSS_TYPES, as_dataset, require_columns
+from reasonft.training.collate import Collator, encode_record
+from reasonft.training.sampler import MixedBatchSampler
+
+OVERLENGTH_POLICIES = ("drop", "truncate")
+KEPT = ("ok", "truncated")
+TRAIN_COLUMNS = ["input_ids", "labels", "loss_type_id", "prompt_id"]
+
+
+def _encode_batch(
+    batch: dict[str, list[Any]],
+    indices: list[int],
+    tokenizer: Any,
+    prompt_suffix: str,
+    chat_template: bool,
+    max_length: int,
+    overlength: str,
+    loss_types: tuple[str, ...],
+) -> dict[str, list[Any]]:
+    """Tokenise a batch of records and tag each with its fate (`status`)."""
+    out: dict[str, list[Any]] = {"input_ids": [], "labels": [], "loss_type_id": [], "status": []}
+    for row, prompt_id, problem, response, loss_type in zip(
+        indices,
+        batch["prompt_id"],
+        batch["prompt"],
+        batch["response"],
+        batch["loss_type"],
+        strict=True,
+    ):
+        where = f"train records row {row} (prompt_id={prompt_id!r})"
+        if not isinstance(problem, str) or not isinstance(response, str):
+            raise TypeError(f"{where}: `prompt` and `response` must be strings")
+        if loss_type not in LOSS_TYPES and loss_type not in loss_types:
+            known = sorted(set(LOSS_TYPES) | set(loss_types))
+            raise ValueError(f"{where}: loss_type={loss_type!r}; expected one of {known}")
+        ids: list[int] = []
+        labels: list[int] = []
+        if loss_type not in loss_types:
+            status = "dropped_no_loss_term"
+        else:
+            ex = encode_record(problem, response, tokenizer, prompt_suffix, chat_template)
+            ids, labels, status = ex["input_ids"], ex["labels"], "ok"
+            if len(ids) > max_length:
+                if overlength == "drop":
+                    status = "dropped_overlength"
+                elif ex["prompt_len"] >= max_length:
+                    status = "dropped_prompt_too_long"
+                else:
+                    ids, labels, status = ids[:max_length], labels[:max_length], "truncated"
+            if status not in KEPT:
+                ids, labels = [], []
+        out["input_ids"].append(ids)
+        out["labels"].append(labels)
+        out["loss_type_id"].append(loss_types.index(loss_type) if loss_type in loss_types else -1)
+        out["status"].append(status)
+    return out
+
+
+class RecordsDataModule(pl.LightningDataModule):
+    """Training records (`prompt_id`, `prompt`, `response`, optional `loss_type`) -> micro-batches.
+
+    `loss_types` are the record types the loss trains on (`LossComposition.loss_types`); records
+    of another known type are dropped and counted (e.g. UL records under an SFT loss).
+    `num_replicas`/`rank` are used only when no Trainer is attached.
+    """
+
+    def __init__(
+        self,
+        records: datasets.Dataset | list[dict[str, Any]],
+        tokenizer: Any,
+        prompt_suffix: str = "",
+        chat_template: bool = True,
+        max_length: int = 512,
+        overlength: str = "drop",
+        micro_batch_size: int = 1,
+        global_batch_size: int = 8,
+        ul_per_global_batch: int = 0,
+        seed: int = 0,
+        num_workers: int = 0,
+        loss_types: Sequence[str] = LOSS_TYPES,
+        group_by_length: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        super().__init__()
+        if overlength not in OVERLENGTH_POLICIES:
+            raise ValueError(
+                f"train.overlength={overlength!r}; choose one of {OVERLENGTH_POLICIES}"
+            )
+        if max_length < 2:
+            raise ValueError(f"train.max_length={max_length} must be at least 2")
+        if not loss_types:
+            raise ValueError("datamodule: loss_types is empty; pass LossComposition.loss_types")
+        self.records = as_dataset(records)
+        self.tokenizer = tokenizer
+        self.prompt_suffix = prompt_suffix
+        self.chat_template = chat_template
+        self.max_length = max_length
+        self.overlength = overlength
+        self.micro_batch_size = micro_batch_size
+        self.global_batch_size = global_batch_size
+        self.ul_per_global_batch = ul_per_global_batch
+        self.seed = seed
+        self.num_workers = num_workers
+        self.loss_types = tuple(loss_types)
+        self.group_by_length = group_by_length
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.train_set: datasets.Dataset | None = None
+        self.sampler: MixedBatchSampler | None = None
+        self.report: dict[str, Any] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set = self._tokenise()
+
+    def _tokenise(self) -> datasets.Dataset:
+        ds = self.records
+        require_columns(ds, ("prompt_id", "prompt", "response"), "train")
+        if "loss_type" not in ds.column_names:
+            ds = ds.add_column("loss_type", ["ce"] * len(ds))
+        encoded = ds.map(
+            _encode_batch,
+            batched=True,
+            with_indices=True,
+            fn_kwargs={
+                "tokenizer": self.tokenizer,
+                "prompt_suffix": self.prompt_suffix,
+                "chat_template": self.chat_template,
+                "max_length": self.max_length,
+                "overlength": self.overlength,
+                "loss_types": self.loss_types,
+            },
+            remove_columns=[c for c in ds.column_names if c not in ("prompt_id", "loss_type")],
+            desc="tokenise training records",
+        )
+        statuses = encoded["status"]
+        record_types = encoded["loss_type"]
+        keep = [i for i, status in enumerate(statuses) if status in KEPT]
+        counts = Counter(statuses)
+        kept_types = Counter(record_types[i] for i in keep)
+        no_term = Counter(
+            t for t, status in zip(record_types, statuses) if status == "dropped_no_loss_term"
+        )
+        self.report = {
+            "n_records": len(ds),
+            "n_train": len(keep),
+            "by_loss_type": dict(sorted(kept_types.items())),
+            "max_length": self.max_length,
+            "overlength": self.overlength,
+            "truncated": counts["truncated"],
+            "dropped_overlength": counts["dropped_overlength"],
+            "dropped_prompt_too_long": counts["dropped_prompt_too_long"],
+            "dropped_no_loss_term": dict(sorted(no_term.items())),
+        }
+        if not keep:
+            raise ValueError(
+                f"train: no record left to train on after filtering: {self.report}. Raise "
+                "train.max_length, use train.overlength=truncate, or pick a loss whose terms "
+                "cover the records' loss_type."
+            )
+        train_set = encoded.select(keep).select_columns(TRAIN_COLUMNS)
+        self.report["n_tokens"] = int(sum(len(ids) for ids in train_set["input_ids"]))
+        return train_set
+
+    def _world(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.world_size, self.trainer.global_rank
+        return self.num_replicas, self.rank
+
+    def _lengths(self) -> list[int]:
+        return [len(ids) for ids in self.train_set["input_ids"]]
+
+    def build_sampler(self) -> MixedBatchSampler:
+        self.setup("fit")
+        world_size, rank = self._world()
+        sampler = MixedBatchSampler(
+            [self.loss_types[i] for i in self.train_set["loss_type_id"]],
+            micro_batch_size=self.micro_batch_size,
+            global_batch_size=self.global_batch_size,
+            ul_per_global_batch=self.ul_per_global_batch,
+            num_replicas=world_size,
+            rank=rank,
+            seed=self.seed,
+            lengths=self._lengths() if self.group_by_length else None,
+            group_by_length=self.group_by_length,
+        )
+        trainer_accumulation = self.trainer.accumulate_grad_batches if self.trainer else None
+        if trainer_accumulation not in (None, sampler.accumulate_grad_batches):
+            raise ValueError(
+                f"trainer.accumulate_grad_batches={trainer_accumulation} but "
+                f"train.global_batch_size / (train.micro_batch_size * world_size) = "
+                f"{sampler.accumulate_grad_batches}; build the Trainer through train_student, "
+                "which derives it"
+            )
+        self.report["sampler"] = sampler.report
+        return sampler
+
+    def train_dataloader(self) -> DataLoader:
+        self.sampler = self.build_sampler()
+        return DataLoader(
+            self.train_set,
+            batch_sampler=self.sampler,
+            collate_fn=Collator(self.tokenizer.pad_token_id, self.loss_types),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
