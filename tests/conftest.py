@@ -9,7 +9,8 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 BENCHMARKS = SHARED / "benchmarks"
 REFERENCE = SHARED / "reference"
 
-torch.set_num_threads(2)
+# One thread: tiny test tensors gain nothing from two, and the cores are shared.
+torch.set_num_threads(1)
 
 TINY_CORPUS = [
     "<think>\n3 + 4 = 7\n\nThen 7 * 2 = 14\n\nSo the answer is 14.\n</think>\n\\boxed{14}",

@@ -15,7 +15,7 @@ BASE_COLUMNS = ("prompt_id", "prompt", "answer", "response", "source")
 OPTIONAL_COLUMNS = ("steps", "sample_idx")
 # Added by later stages, in order: verify, score, select.
 VERIFY_COLUMNS = ("correct", "pred_answer", "verify_status")
-SCORE_COLUMNS = ("n_tokens", "ppl", "galp", "lalp", "step_logps")
+SCORE_COLUMNS = ("n_tokens", "ppl", "galp", "lalp", "step_logps", "score_conditioning")
 SELECT_COLUMNS = ("loss_type", "selected_by")
 
 LOSS_TYPES = ("ce", "ul")

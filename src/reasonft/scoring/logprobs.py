@@ -13,11 +13,13 @@ from torch.utils.checkpoint import checkpoint
 
 
 def _chunk_logp_entropy(
-    hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, with_entropy: bool
 ) -> tuple[Tensor, Tensor]:
     logits = torch.nn.functional.linear(hidden, weight, bias).float()
     lse = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    if not with_entropy:
+        return logp, logp.new_zeros(logp.shape).detach()
     with torch.no_grad():
         probs = torch.softmax(logits, dim=-1)
         entropy = lse - (probs * logits).sum(-1)
@@ -29,8 +31,12 @@ def logprobs_from_hidden(
     lm_head: torch.nn.Linear,
     targets: Tensor,
     chunk_tokens: int = 4096,
+    with_entropy: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Log p(target) and the (detached) entropy at each row of `hidden` [N, H] -> ([N], [N])."""
+    """Log p(target) and the (detached) entropy at each row of `hidden` [N, H] -> ([N], [N]).
+
+    The entropy costs a second pass over the vocabulary; `with_entropy=False` skips it (zeros).
+    """
     logps, ents = [], []
     use_ckpt = torch.is_grad_enabled() and hidden.requires_grad
     for start in range(0, hidden.shape[0], chunk_tokens):
@@ -38,10 +44,16 @@ def logprobs_from_hidden(
         t = targets[start : start + chunk_tokens]
         if use_ckpt:
             lp, en = checkpoint(
-                _chunk_logp_entropy, h, lm_head.weight, lm_head.bias, t, use_reentrant=False
+                _chunk_logp_entropy,
+                h,
+                lm_head.weight,
+                lm_head.bias,
+                t,
+                with_entropy,
+                use_reentrant=False,
             )
         else:
-            lp, en = _chunk_logp_entropy(h, lm_head.weight, lm_head.bias, t)
+            lp, en = _chunk_logp_entropy(h, lm_head.weight, lm_head.bias, t, with_entropy)
         logps.append(lp)
         ents.append(en)
     if not logps:
@@ -57,6 +69,7 @@ def token_logprobs(
     target_mask: Tensor,
     chunk_tokens: int = 4096,
     position_ids: Tensor | None = None,
+    with_entropy: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Per-token log p(y_t | y_<t) and entropy of a causal LM, shaped like `input_ids`.
 
@@ -70,7 +83,7 @@ def token_logprobs(
     mask = target_mask[:, 1:].bool()
     h = hidden[:, :-1][mask]
     t = input_ids[:, 1:][mask]
-    lp, en = logprobs_from_hidden(h, model.get_output_embeddings(), t, chunk_tokens)
+    lp, en = logprobs_from_hidden(h, model.get_output_embeddings(), t, chunk_tokens, with_entropy)
     logp = hidden.new_zeros(input_ids.shape, dtype=torch.float32)
     ent = hidden.new_zeros(input_ids.shape, dtype=torch.float32)
     logp[:, 1:][mask] = lp

@@ -1,0 +1,277 @@
+"""Scoring throughput: GALP vs exact LALP vs a naive per-window loop, and peak memory.
+
+A random Qwen2 with the real vocabulary (151,936) and a few small layers, on CPU in float32,
+scores a pool of multi-step responses (paragraph steps, with prompts):
+
+- GALP: `Scorer(method="galp")`, one pass over prompt + response per record;
+- LALP: `Scorer(method="lalp", window=k)`, exact (every step re-encoded from its window start);
+- naive: for every step, one separate forward over prompt + window with full logits at every
+  position, log_softmax, gather (what an implementation without packing/caching does).
+
+The methods run in turns, rotated every round, so that load from other processes on a shared
+CPU hits them alike; ratios are taken inside each round and their median is reported.
+
+Peak memory: each variant runs in a fresh subprocess on the same batch; the figure is the rise
+of the peak resident set (`ru_maxrss`) over the resident set just before the call, so model
+weights and import costs cancel out. The full-logit variant is one padded forward with
+`model(...).logits` (what `[batch, length, vocab]` costs); the chunked variants use the
+Scorer.
+
+    .venv/bin/python bench/score_throughput.py                 # defaults: 16 responses, 4 layers
+    .venv/bin/python bench/score_throughput.py --layers 2 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from reasonft.data.prompts import build_prompt
+from reasonft.models.loading import random_student
+from reasonft.models.tokenizer import train_tokenizer
+from reasonft.scoring.lalp import window_groups
+from reasonft.scoring.scorer import Scorer
+
+VOCAB = 151_936
+
+
+def make_pool(n: int, min_steps: int, max_steps: int, seed: int) -> list[dict[str, Any]]:
+    """Synthetic arithmetic traces: one paragraph per step, a few sentences each."""
+    rng = random.Random(seed)
+    words = ["so", "then", "we", "add", "multiply", "check", "the", "result", "again", "carry"]
+    records = []
+    for i in range(n):
+        steps = []
+        for s in range(rng.randint(min_steps, max_steps)):
+            a, b = rng.randint(2, 999), rng.randint(2, 999)
+            filler = " ".join(rng.choice(words) for _ in range(rng.randint(4, 12)))
+            steps.append(f"Step {s + 1}: {a} + {b} = {a + b}, {filler}. Next {a} * {b} = {a * b}.")
+        problem = f"Problem {i}: compute the sum and product of the numbers below. " + " ".join(
+            str(rng.randint(2, 999)) for _ in range(rng.randint(4, 16))
+        )
+        records.append(
+            {
+                "prompt_id": f"p{i}",
+                "prompt": problem,
+                "response": "\n\n".join(steps) + "\n\n\\boxed{1}",
+            }
+        )
+    return records
+
+
+def build(args: argparse.Namespace) -> tuple[Any, Any, list[dict[str, Any]]]:
+    torch.set_num_threads(args.threads)
+    records = make_pool(args.responses, args.min_steps, args.max_steps, seed=0)
+    tokenizer = train_tokenizer([r["prompt"] + r["response"] for r in records], vocab_size=512)
+    config = {
+        "model_type": "qwen2",
+        "vocab_size": VOCAB,
+        "hidden_size": args.hidden,
+        "intermediate_size": args.intermediate,
+        "num_hidden_layers": args.layers,
+        "num_attention_heads": args.heads,
+        "num_key_value_heads": args.kv_heads,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": True,
+    }
+    model = random_student(config, dtype="float32", seed=0).eval()
+    return model, tokenizer, records
+
+
+def naive_lalp(
+    model: Any, tokenizer: Any, records: list[dict[str, Any]], window: int
+) -> list[float]:
+    """One separate forward per step window, logits at every position."""
+    scorer = Scorer(method="lalp", window=window, progress=False)
+    examples = scorer.encode(records, range(len(records)), tokenizer)
+    lalps = []
+    with torch.inference_mode():
+        for ex in examples:
+            bounds = ex.step_bounds()
+            means = []
+            for i, (a, e) in enumerate(bounds):
+                start = bounds[max(0, i - window)][0]
+                seq = np.concatenate([ex.prompt_ids, ex.response_ids[start:e]])
+                logits = model(input_ids=torch.as_tensor(seq)[None]).logits[0]
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                first = len(ex.prompt_ids) + a - start
+                targets = torch.as_tensor(seq[first:])
+                means.append(
+                    logp[first - 1 : len(seq) - 1].gather(-1, targets[:, None]).mean().item()
+                )
+            lalps.append(float(np.mean(means)))
+    return lalps
+
+
+def timed(fn) -> tuple[float, float, Any]:
+    """Wall seconds, process CPU seconds (user + system, all threads), result."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def throughput(args: argparse.Namespace) -> None:
+    model, tokenizer, records = build(args)
+    common = {
+        "batch_tokens": args.batch_tokens,
+        "chunk_tokens": args.chunk_tokens,
+        "progress": False,
+    }
+    galp = Scorer(method="galp", **common)
+    lalp = Scorer(method="lalp", window=args.window, **common)
+    examples = lalp.encode(records, range(len(records)), tokenizer)
+    n_resp = sum(len(ex.response_ids) for ex in examples)
+    n_prompt = sum(len(ex.prompt_ids) for ex in examples)
+    n_steps = sum(ex.n_steps for ex in examples)
+    window_tokens = 0
+    for ex in examples:
+        bounds = ex.step_bounds()
+        window_tokens += sum(
+            bounds[last][1] - bounds[s][0] for s, _, last in window_groups(len(bounds), args.window)
+        )
+    print(
+        f"model: Qwen2 vocab {VOCAB}, hidden {args.hidden}, {args.layers} layers, intermediate "
+        f"{args.intermediate}, heads {args.heads}/{args.kv_heads}, float32, CPU threads {args.threads}"
+    )
+    print(
+        f"pool: {len(records)} responses, {n_steps} paragraph steps, {n_resp} response tokens "
+        f"(mean {n_resp / len(records):.0f}), {n_prompt} prompt tokens; LALP k={args.window} "
+        f"window tokens {window_tokens} ({window_tokens / n_resp:.2f}x the response)"
+    )
+    runs = {
+        "galp": lambda: galp.score(records, model, tokenizer)["galp"],
+        "lalp": lambda: lalp.score(records, model, tokenizer)["lalp"],
+        "naive": lambda: naive_lalp(model, tokenizer, records, args.window),
+    }
+    timed(lambda: galp.score(records[:2], model, tokenizer))  # warm-up
+    names = list(runs)
+    walls, cpus = [], []
+    for r in range(args.rounds):
+        order = names[r % 3 :] + names[: r % 3]
+        wall, cpu, values = {}, {}, {}
+        for name in order:
+            wall[name], cpu[name], values[name] = timed(runs[name])
+        diff = float(np.max(np.abs(np.asarray(values["lalp"]) - np.asarray(values["naive"]))))
+        walls.append(wall)
+        cpus.append(cpu)
+        print(
+            f"round {r + 1} ({' -> '.join(order)}): wall galp {wall['galp']:.2f}s lalp {wall['lalp']:.2f}s "
+            f"naive {wall['naive']:.2f}s | cpu galp {cpu['galp']:.2f}s lalp {cpu['lalp']:.2f}s "
+            f"naive {cpu['naive']:.2f}s | max |lalp - naive| {diff:.1e}"
+        )
+    for name in names:
+        t = statistics.median(x[name] for x in walls)
+        c = statistics.median(x[name] for x in cpus)
+        print(f"{name:>5}: median wall {t:.2f}s ({n_resp / t:,.0f} response tok/s), cpu {c:.2f}s")
+    for label, table in (("wall", walls), ("cpu ", cpus)):
+        lg = [x["lalp"] / x["galp"] for x in table]
+        ng = [x["naive"] / x["galp"] for x in table]
+        print(
+            f"RATIOS {label} (median of {len(table)} rounds, min-max): "
+            f"LALP/GALP {statistics.median(lg):.2f} ({min(lg):.2f}-{max(lg):.2f}); "
+            f"naive/GALP {statistics.median(ng):.2f} ({min(ng):.2f}-{max(ng):.2f})"
+        )
+
+
+def memory_probe(args: argparse.Namespace) -> None:
+    """Runs in a subprocess: peak RSS rise of one variant on the first `--memory-batch` records."""
+    model, tokenizer, records = build(args)
+    records = records[: args.memory_batch]
+    with torch.inference_mode():  # warm-up: allocator, kernels
+        model.base_model(input_ids=torch.ones((1, 8), dtype=torch.long))
+    before = _rss_kb()
+    if args.memory_probe == "full_logits":
+        seqs = [
+            tokenizer(
+                build_prompt(r["prompt"], tokenizer) + r["response"], add_special_tokens=False
+            )["input_ids"]
+            for r in records
+        ]
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros((len(seqs), width), dtype=torch.long)
+        att = torch.zeros((len(seqs), width), dtype=torch.long)
+        for b, s in enumerate(seqs):
+            ids[b, : len(s)], att[b, : len(s)] = torch.tensor(s), 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids, attention_mask=att).logits
+            logp = torch.log_softmax(logits.float(), -1)[:, :-1].gather(-1, ids[:, 1:, None])
+        extra = {"logits_bytes": logits.numel() * logits.element_size(), "tokens": int(att.sum())}
+        del logp, logits
+    else:
+        method = "galp" if args.memory_probe == "galp_chunked" else "lalp"
+        Scorer(
+            method=method,
+            window=args.window,
+            batch_tokens=args.batch_tokens,
+            chunk_tokens=args.chunk_tokens,
+            progress=False,
+        ).score(records, model, tokenizer)
+        extra = {}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_rise_mb": (peak - before) / 1024, **extra}))
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() // 1024
+
+
+def memory(args: argparse.Namespace) -> None:
+    print(
+        f"peak memory, one batch of {args.memory_batch} responses, chunk_tokens {args.chunk_tokens} "
+        "(fresh subprocess each):"
+    )
+    for probe in ("full_logits", "galp_chunked", "lalp_chunked"):
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--memory-probe", probe]
+        out = (
+            subprocess.run(cmd, capture_output=True, text=True, check=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        result = json.loads(out)
+        line = f"  {probe:>13}: peak RSS rise {result['peak_rise_mb']:8.1f} MB"
+        if "logits_bytes" in result:
+            line += f"  (the [B, L, vocab] logits alone: {result['logits_bytes'] / 2**20:.1f} MB, {result['tokens']} tokens)"
+        print(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--responses", type=int, default=16)
+    parser.add_argument("--min-steps", type=int, default=8)
+    parser.add_argument("--max-steps", type=int, default=16)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--intermediate", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--kv-heads", type=int, default=2)
+    parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--batch-tokens", type=int, default=8192)
+    parser.add_argument("--chunk-tokens", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--memory-batch", type=int, default=8)
+    parser.add_argument("--only", choices=["throughput", "memory"])
+    parser.add_argument("--memory-probe", choices=["full_logits", "galp_chunked", "lalp_chunked"])
+    args = parser.parse_args()
+    if args.memory_probe:
+        memory_probe(args)
+        return
+    if args.only != "memory":
+        throughput(args)
+    if args.only != "throughput":
+        memory(args)
+
+
+if __name__ == "__main__":
+    main()
