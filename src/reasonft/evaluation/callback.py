@@ -1,0 +1,134 @@
+"""A small evaluation inside training: every N optimizer steps and/or when training ends.
+
+Distributed training: only global rank 0 samples and verifies; the other ranks wait at a barrier
+until it is done, so all ranks resume training together. This needs the full model on rank 0,
+i.e. DDP or DeepSpeed ZeRO-1/2 (parameters replicated); with FSDP or ZeRO-3 (parameters
+sharded, every forward a collective) the callback refuses to start. Keep the in-training
+evaluation short: the waiting ranks sit in a collective, which the process-group timeout
+(30 minutes by default) ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+from reasonft.evaluation.evaluate import Evaluator
+
+log = logging.getLogger(__name__)
+
+
+def _shards_parameters(strategy: Any) -> bool:
+    name = type(strategy).__name__
+    if "FSDP" in name:
+        return True
+    if "DeepSpeed" in name:
+        config = getattr(strategy, "config", None) or {}
+        return int(config.get("zero_optimization", {}).get("stage", 0)) >= 3
+    return False
+
+
+class EvaluationCallback(pl.Callback):
+    """Run `evaluator` (made small with `n_samples`/`limit`) during training and log its metrics.
+
+    Args:
+        evaluator: the Evaluator to run (e.g. the `eval` config).
+        every_n_steps: evaluate after every N optimizer steps (0: never during training).
+        at_train_end: evaluate once more when training ends (unless that step was just done).
+        n_samples, limit: caps on samples per problem and problems per benchmark (null: as configured).
+        out_dir: results go to `out_dir/step_<global step>/` (null: the trainer's log_dir or
+            default_root_dir, under `evaluation/`).
+        tokenizer: the tokenizer; null reads `pl_module.<tokenizer_attr>`.
+        model_attr: the attribute of the LightningModule that holds the HF causal LM.
+        data_source: for benchmarks that read a data-source split (e.g. the toy world).
+        prompt_suffix, chat_template: the prompt format, as in training.
+    """
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        every_n_steps: int = 0,
+        at_train_end: bool = True,
+        n_samples: int | None = None,
+        limit: int | None = None,
+        out_dir: str | None = None,
+        tokenizer: Any = None,
+        model_attr: str = "model",
+        tokenizer_attr: str = "tokenizer",
+        data_source: Any = None,
+        prompt_suffix: str = "",
+        chat_template: bool = True,
+    ) -> None:
+        if every_n_steps < 0:
+            raise ValueError(f"EvaluationCallback.every_n_steps={every_n_steps}: must be >= 0")
+        self.evaluator = evaluator.with_budget(n_samples=n_samples, limit=limit)
+        self.every_n_steps = int(every_n_steps)
+        self.at_train_end = bool(at_train_end)
+        self.out_dir = out_dir
+        self.tokenizer = tokenizer
+        self.model_attr = model_attr
+        self.tokenizer_attr = tokenizer_attr
+        self.data_source = data_source
+        self.prompt_suffix = prompt_suffix
+        self.chat_template = chat_template
+        self.evaluated_steps: list[int] = []
+        self.last_results: dict[str, Any] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if _shards_parameters(trainer.strategy):
+            raise ValueError(
+                f"EvaluationCallback: strategy {type(trainer.strategy).__name__} shards the "
+                "parameters, so rank 0 cannot sample alone. Use DDP/ZeRO-2, or evaluate the saved "
+                "checkpoint after training (stage `evaluate`)."
+            )
+        for name in (self.model_attr,) + (() if self.tokenizer is not None else (self.tokenizer_attr,)):
+            if not hasattr(pl_module, name):
+                raise ValueError(
+                    f"EvaluationCallback: the LightningModule has no attribute {name!r}; set "
+                    f"model_attr/tokenizer_attr (or pass tokenizer) to where it keeps them"
+                )
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        # With gradient accumulation several batches end at the same optimizer step: run once.
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step not in self.evaluated_steps:
+            self._run(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_train_end and trainer.global_step not in self.evaluated_steps:
+            self._run(trainer, pl_module)
+
+    def _folder(self, trainer: pl.Trainer) -> Path:
+        base = self.out_dir or trainer.log_dir or trainer.default_root_dir
+        return Path(base) / ("" if self.out_dir else "evaluation") / f"step_{trainer.global_step:07d}"
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = trainer.global_step
+        self.evaluated_steps.append(step)
+        # Every submodule's own flag: a frozen part kept in eval mode stays so.
+        modes = {module: module.training for module in pl_module.modules()}
+        try:
+            if trainer.is_global_zero:
+                model = getattr(pl_module, self.model_attr)
+                tokenizer = self.tokenizer if self.tokenizer is not None else getattr(pl_module, self.tokenizer_attr)
+                self.last_results = self.evaluator.evaluate(
+                    model,
+                    tokenizer,
+                    self._folder(trainer),
+                    data_source=self.data_source,
+                    prompt_suffix=self.prompt_suffix,
+                    chat_template=self.chat_template,
+                    loggers=trainer.loggers,
+                    tag="train",
+                    step=step,
+                )
+                log.info("step %d: eval average %s", step, self.last_results["average"])
+        finally:
+            for module, training in modes.items():
+                module.training = training
+        trainer.strategy.barrier("reasonft-evaluation")

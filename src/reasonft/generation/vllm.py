@@ -1,0 +1,271 @@
+"""Student samples with vLLM (GPU): the same config keys and records as the transformers backend.
+
+vLLM loads the weights from a checkpoint folder, not from a model object in memory: `generate`
+takes that folder (or a model whose `name_or_path` is it) and refuses a model whose weights no
+longer match the folder (save it first). `vllm` is imported only here, when this backend is used.
+
+Each sample is its own request with its own seed derived from (seed, prompt_id, sample_idx), as
+in the transformers backend, so a sample does not depend on what else is in the batch; the n
+requests of a prompt share the prompt's KV cache through vLLM's prefix caching. The random
+streams of the two backends differ, so their samples are not token-identical.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+
+from reasonft.generation.hf import (
+    check_problems,
+    check_sampling,
+    cut_at_stop,
+    prompt_token_ids,
+    rate_text,
+    sample_records,
+    sample_seed,
+    stop_token_ids,
+)
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "the vLLM generation backend needs the `vllm` package, which is not installed. Install the "
+    "extra on a CUDA machine: `pip install -e .[vllm]`, or use the transformers backend "
+    "(generate=hf, or eval.generator._target_=reasonft.generation.hf.HFGenerator)."
+)
+
+
+def import_vllm() -> Any:
+    """The `vllm` module, or an ImportError that names the extra to install."""
+    try:
+        return importlib.import_module("vllm")
+    except ImportError as err:
+        raise ImportError(INSTALL_HINT) from err
+
+
+def checkpoint_path(model: Any) -> Path:
+    """The checkpoint folder vLLM loads: `model` itself (a path) or `model.name_or_path`."""
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        what = f"path {model!r}"
+    else:
+        path = Path(getattr(model, "name_or_path", "") or "")
+        what = f"model.name_or_path {str(path)!r}"
+    if not str(path) or not (path / "config.json").is_file():
+        raise ValueError(
+            f"vLLM generation loads weights from a checkpoint folder, but {what} is not one "
+            "(no config.json there). Save the model with `save_pretrained(folder)` and pass that folder."
+        )
+    return path
+
+
+def _disk_tensors(path: Path, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+    elif (path / "model.safetensors").is_file():
+        weight_map = None
+    else:
+        return {}
+    found: dict[str, torch.Tensor] = {}
+    for name in names:
+        if weight_map is not None and name not in weight_map:
+            continue
+        file = path / (weight_map[name] if weight_map is not None else "model.safetensors")
+        with safe_open(str(file), framework="pt") as f:
+            stored = f.keys()
+            if name in stored:
+                found[name] = f.get_tensor(name)
+    return found
+
+
+def check_weights_on_disk(model: torch.nn.Module, path: Path) -> None:
+    """Raise when the model's first and last parameters differ from the checkpoint's.
+
+    vLLM would otherwise evaluate the weights on disk, not the (e.g. fine-tuned) ones in memory.
+    """
+    params = dict(model.named_parameters())
+    names = [n for n in (next(iter(params), None), next(reversed(params), None)) if n]
+    on_disk = _disk_tensors(path, names)
+    if not on_disk:
+        log.warning("vllm: could not compare %s with the model in memory (no safetensors)", path)
+        return
+    for name, tensor in on_disk.items():
+        mine = params[name].detach().to("cpu")
+        if mine.shape != tensor.shape or not torch.equal(mine, tensor.to(mine.dtype)):
+            raise ValueError(
+                f"vllm: the model in memory differs from its checkpoint {path} (parameter {name}); "
+                "vLLM would sample from the weights on disk. Save the model (save_pretrained) and "
+                "pass that folder."
+            )
+
+
+def _plain_dict(value: Any) -> dict[str, Any]:
+    """A plain dict from a mapping or an OmegaConf node (Hydra passes those); {} for None."""
+    if value is None:
+        return {}
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(value, DictConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return dict(value)
+
+
+class VLLMGenerator:
+    """Sample `n` responses per problem with vLLM; records as `HFGenerator.generate` gives them.
+
+    Args: as `HFGenerator` (batch_size = vLLM's `max_num_seqs`), plus the engine settings
+    `tensor_parallel_size`, `gpu_memory_utilization`, `dtype`, `max_model_len` (null: the
+    model's), `enforce_eager`, and `hf_overrides` (config values changed at load, e.g. the
+    max_position_embeddings/rope_theta of METHODS §1d — the model group's `config_overrides`).
+    """
+
+    def __init__(
+        self,
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 512,
+        batch_size: int = 256,
+        seed: int = 0,
+        source: str = "self",
+        extra_stop_tokens: Sequence[str] = ("<|im_end|>",),
+        progress: bool = True,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.85,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        enforce_eager: bool = False,
+        hf_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        check_sampling(n, temperature, top_p, max_new_tokens)
+        # Fail when the config is built, not after hours of training before the evaluation.
+        if importlib.util.find_spec("vllm") is None:
+            raise ImportError(INSTALL_HINT)
+        self.n = int(n)
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self.max_new_tokens = int(max_new_tokens)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.source = str(source)
+        self.extra_stop_tokens = [str(t) for t in extra_stop_tokens]
+        self.progress = bool(progress)
+        self.engine_args: dict[str, Any] = {
+            "tensor_parallel_size": int(tensor_parallel_size),
+            "gpu_memory_utilization": float(gpu_memory_utilization),
+            "dtype": dtype,
+            "max_model_len": max_model_len,
+            "max_num_seqs": self.batch_size,
+            "enforce_eager": bool(enforce_eager),
+            "hf_overrides": _plain_dict(hf_overrides) or None,
+            # Ignore the checkpoint's generation_config.json (e.g. Qwen's repetition_penalty
+            # 1.05, top_k 20): sampling is exactly what this config says, as in the HF backend.
+            "generation_config": "vllm",
+        }
+        self._llm: Any = None
+        self._llm_path: Path | None = None
+        self.last_stats: dict[str, float] = {}
+
+    def _engine(self, path: Path) -> Any:
+        """One vLLM engine per checkpoint folder, reused across `generate` calls."""
+        if self._llm is not None and self._llm_path == path:
+            return self._llm
+        vllm = import_vllm()
+        self._llm = None
+        args = {k: v for k, v in self.engine_args.items() if v is not None}
+        self._llm = vllm.LLM(model=str(path), seed=self.seed, **args)
+        self._llm_path = path
+        return self._llm
+
+    def generate(
+        self,
+        problems: datasets.Dataset | list[dict[str, Any]],
+        model: Any,
+        tokenizer: Any,
+        prompt_suffix: str = "",
+        chat_template: bool = True,
+        *,
+        n: int | None = None,
+        seed: int | None = None,
+    ) -> datasets.Dataset:
+        """As `HFGenerator.generate`; `model` is a checkpoint folder or a model saved in one."""
+        n = self.n if n is None else int(n)
+        seed = self.seed if seed is None else int(seed)
+        check_sampling(n, self.temperature, self.top_p, self.max_new_tokens)
+        problems = check_problems(problems)
+        path = checkpoint_path(model)
+        if isinstance(model, torch.nn.Module):
+            check_weights_on_disk(model, path)
+        if tokenizer is None:
+            from reasonft.models.loading import load_tokenizer
+
+            tokenizer = load_tokenizer(str(path))
+        vllm = import_vllm()
+        llm = self._engine(path)
+
+        order = [(row, s) for row in range(len(problems)) for s in range(n)]
+        ids = prompt_token_ids(list(problems["prompt"]), tokenizer, prompt_suffix, chat_template)
+        model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        stops = stop_token_ids(tokenizer, model_eos, self.extra_stop_tokens)
+        prompt_ids = list(problems["prompt_id"])
+        greedy = self.temperature == 0
+        params = [
+            vllm.SamplingParams(
+                n=1,
+                temperature=self.temperature,
+                top_p=1.0 if greedy else self.top_p,
+                max_tokens=self.max_new_tokens,
+                seed=None if greedy else sample_seed(seed, prompt_ids[row], s),
+                stop_token_ids=stops,
+                detokenize=False,
+                # Neutral, stated explicitly so no model default can fill them in.
+                top_k=-1,
+                min_p=0.0,
+                repetition_penalty=1.0,
+                presence_penalty=0.0,
+                frequency_penalty=0.0,
+            )
+            for row, s in order
+        ]
+        requests = [{"prompt_token_ids": ids[row]} for row, _ in order]
+        start = time.perf_counter()
+        results = llm.generate(requests, sampling_params=params, use_tqdm=self.progress)
+        elapsed = time.perf_counter() - start
+
+        stop_set = set(stops)
+        outputs: dict[tuple[int, int], tuple[str, int, str]] = {}
+        n_tokens = 0
+        for (row, s), result in zip(order, results):
+            completion = result.outputs[0]
+            response_ids, stopped = cut_at_stop(list(completion.token_ids), stop_set)
+            stopped = stopped or completion.finish_reason == "stop"
+            text = tokenizer.decode(response_ids, skip_special_tokens=True)
+            outputs[(row, s)] = (text, len(response_ids), "stop" if stopped else "length")
+            n_tokens += len(completion.token_ids)
+        self.last_stats = {
+            "samples": len(outputs),
+            "tokens": n_tokens,
+            "seconds": elapsed,
+            "samples_per_s": len(outputs) / max(elapsed, 1e-9),
+            "tokens_per_s": n_tokens / max(elapsed, 1e-9),
+        }
+        log.info("generated %d samples with vLLM (%s)", len(outputs), rate_text(len(outputs), n_tokens, elapsed))
+        return sample_records(problems, order, outputs, self.source)
+
+    def __repr__(self) -> str:
+        return (
+            f"VLLMGenerator(n={self.n}, temperature={self.temperature}, top_p={self.top_p}, "
+            f"max_new_tokens={self.max_new_tokens}, batch_size={self.batch_size}, seed={self.seed})"
+        )
