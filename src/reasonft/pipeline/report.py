@@ -13,17 +13,33 @@ from reasonft.io import write_json, write_text
 from reasonft.pipeline.artifacts import Artifact
 
 
+SHORT = {
+    "any_correct": "any",
+    "entropy": "H(own)",
+    "heldout_entropy": "H(held)",
+    "mean_tokens": "tokens",
+    "no_answer_share": "no ans",
+}
+SHOWN = ("pass@1", "any_correct", "entropy", "mean_tokens", "no_answer_share")
+
+
 def _metric_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Rows of (model, benchmark, metric...) from the evaluator summaries."""
+    """Rows of (model, benchmark, key metrics); the full set stays in results.json."""
     columns: list[str] = []
     rows: list[list[str]] = []
     for tag, summary in results.items():
         for bench, metrics in summary.get("benchmarks", {}).items():
-            flat = flatten_metrics(metrics)
-            for key in flat:
+            ks = sorted(int(k.split("@")[1]) for k in metrics if k.startswith("pass@"))
+            shown = ["pass@1", f"pass@{ks[-1]}" if ks and ks[-1] > 1 else None, *SHOWN[1:]]
+            row = {k: metrics[k] for k in shown if k and k in metrics}
+            heldout = summary.get("heldout_entropy") or {}
+            if "entropy" in heldout:
+                row["heldout_entropy"] = heldout["entropy"]
+            for key in row:
                 if key not in columns:
                     columns.append(key)
-            rows.append([tag, bench, *[str(flat.get(c, "")) for c in columns]])
+            flat = flatten_metrics(row)
+            rows.append([tag, bench, *[flat.get(c, "") for c in columns]])
     width = 2 + len(columns)
     return columns, [r + [""] * (width - len(r)) for r in rows]
 
@@ -36,7 +52,7 @@ def flatten_metrics(metrics: dict[str, Any]) -> dict[str, str]:
             for sub, v in flatten_metrics(value).items():
                 flat[f"{key}/{sub}"] = v
         elif isinstance(value, float):
-            flat[key] = f"{value:.4f}"
+            flat[key] = f"{value:.1f}" if abs(value) >= 10 else f"{value:.3f}"
         elif isinstance(value, (int, str, bool)):
             flat[key] = str(value)
     return flat
@@ -55,18 +71,21 @@ def write_final_report(
     cfg: DictConfig, artifacts: list[Artifact], results: dict[str, Any], out_dir: Path
 ) -> float | None:
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
     stages = Table(title="stages")
-    for col in ("stage", "artifact", "status"):
+    for col in ("stage", f"artifact (under {cfg.paths.artifacts_dir})", "status"):
         stages.add_column(col)
     for art in artifacts:
         status = "reused" if art.reused else f"built in {art.seconds:.1f}s"
-        stages.add_row(art.stage, str(art.path), status)
+        stages.add_row(art.stage, f"{art.stage}/{art.key}", status)
     console.print(stages)
 
     columns, rows = _metric_rows(results)
     table = Table(title=f"evaluation — {cfg.task_name}")
     for col in ("model", "benchmark", *columns):
-        table.add_column(col, justify="right" if col not in ("model", "benchmark") else "left")
+        header = SHORT.get(col, col)
+        table.add_column(header, justify="right" if col not in ("model", "benchmark") else "left")
     for row in rows:
         table.add_row(*row)
     if rows:
