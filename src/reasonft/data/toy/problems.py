@@ -1,0 +1,214 @@
+"""Seeded arithmetic problems with integer answers: the toy world's questions.
+
+A problem is a chain of single operations on a running value: start from a number, then apply
+`difficulty` operations, each one `value op n`. The text reads in the order the steps are taken
+(`(12 - 5) * 3 + 4`). Every operand and every intermediate result stays in `0..max_value`, and
+division is used only when exact, so a tiny transformer can learn each single-operation step.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+OPERATORS = ("+", "-", "*", "/")
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
+
+EXPRESSION_TEMPLATES = ("Compute {e}.", "What is {e}?", "Evaluate {e}.", "Calculate {e}.")
+NAMES = ("Ava", "Ben", "Mia", "Leo", "Zoe", "Sam", "Ivy", "Max")
+ITEMS = ("apples", "marbles", "stickers", "coins", "cards", "shells")
+WORD_START = ("{name} has {a} {items}.", "{name} starts with {a} {items}.")
+WORD_OPERATIONS = {
+    "+": ("{name} finds {b} more.", "A friend gives {name} {b} more."),
+    "-": ("{name} gives away {b}.", "{name} loses {b}."),
+    "*": (
+        "Then the number of {items} becomes {b} times as large.",
+        "{name} ends up with {b} times as many.",
+    ),
+    "/": (
+        "{name} splits them into {b} equal groups and keeps one group.",
+        "{name} shares them equally among {b} people, keeping one share.",
+    ),
+}
+WORD_QUESTION = "How many {items} does {name} have now?"
+
+
+def apply(op: str, left: int, right: int) -> int:
+    """`left op right` on integers; division must be exact."""
+    if op == "+":
+        return left + right
+    if op == "-":
+        return left - right
+    if op == "*":
+        return left * right
+    if op == "/":
+        if right == 0 or left % right:
+            raise ValueError(f"{left} / {right} is not an exact integer division")
+        return left // right
+    raise ValueError(f"unknown operator {op!r}; use one of {OPERATORS}")
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One step of a problem: `running value op operand`."""
+
+    op: str
+    operand: int
+
+
+@dataclass(frozen=True)
+class Calculation:
+    """One worked step: `left op right = result`."""
+
+    left: int
+    op: str
+    right: int
+    result: int
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A toy problem: its text, a clean expression form of it, and its answer."""
+
+    prompt_id: str
+    text: str
+    expression: str
+    start: int
+    operations: tuple[Operation, ...]
+    answer: int
+    is_word_problem: bool
+
+    @property
+    def difficulty(self) -> int:
+        return len(self.operations)
+
+    def calculations(self) -> list[Calculation]:
+        """The correct single-operation steps, in order."""
+        value, steps = self.start, []
+        for operation in self.operations:
+            result = apply(operation.op, value, operation.operand)
+            steps.append(Calculation(value, operation.op, operation.operand, result))
+            value = result
+        return steps
+
+
+def _feasible_operators(value: int, max_value: int) -> list[str]:
+    ops = []
+    if value < max_value:
+        ops.append("+")
+    if value >= 1:
+        ops.append("-")
+    if 1 <= value and 2 * value <= max_value:
+        ops.append("*")
+    if value >= 2:
+        ops.append("/")
+    return ops
+
+
+def _draw_operand(op: str, value: int, max_value: int, rng: random.Random) -> int:
+    if op == "+":
+        return rng.randint(1, max_value - value)
+    if op == "-":
+        return rng.randint(1, value)
+    if op == "*":
+        return rng.randint(2, max_value // value)
+    divisors = [d for d in range(2, value + 1) if value % d == 0]
+    return rng.choice(divisors)
+
+
+def _wrap(text: str, precedence: int, needed: int) -> str:
+    return f"({text})" if precedence < needed else text
+
+
+def render_expression(start: int, operations: tuple[Operation, ...]) -> str:
+    """Infix text with only the parentheses the evaluation order needs."""
+    text, precedence = str(start), max(_PRECEDENCE.values())
+    for operation in operations:
+        own = _PRECEDENCE[operation.op]
+        text = f"{_wrap(text, precedence, own)} {operation.op} {operation.operand}"
+        precedence = own
+    return text
+
+
+def _word_text(start: int, operations: tuple[Operation, ...], rng: random.Random) -> str:
+    fill = {"name": rng.choice(NAMES), "items": rng.choice(ITEMS)}
+    sentences = [rng.choice(WORD_START).format(a=start, **fill)]
+    for operation in operations:
+        sentences.append(
+            rng.choice(WORD_OPERATIONS[operation.op]).format(b=operation.operand, **fill)
+        )
+    sentences.append(WORD_QUESTION.format(**fill))
+    return " ".join(sentences)
+
+
+def draw_problem(
+    rng: random.Random,
+    prompt_id: str,
+    min_ops: int,
+    max_ops: int,
+    max_value: int,
+    word_fraction: float,
+) -> Problem:
+    """One random problem; every value along the way stays in `0..max_value`."""
+    n_ops = rng.randint(min_ops, max_ops)
+    is_word = rng.random() < word_fraction
+    value = rng.randint(2, max_value)
+    start = value
+    operations: list[Operation] = []
+    for _ in range(n_ops):
+        op = rng.choice(_feasible_operators(value, max_value))
+        operand = _draw_operand(op, value, max_value, rng)
+        value = apply(op, value, operand)
+        operations.append(Operation(op, operand))
+    ops = tuple(operations)
+    expression = render_expression(start, ops)
+    if is_word:
+        text = _word_text(start, ops, rng)
+    else:
+        text = rng.choice(EXPRESSION_TEMPLATES).format(e=expression)
+    return Problem(prompt_id, text, expression, start, ops, value, is_word)
+
+
+def problem_stream(
+    rng: random.Random,
+    id_prefix: str,
+    min_ops: int,
+    max_ops: int,
+    max_value: int,
+    word_fraction: float,
+    exclude: set[str],
+    max_attempts_per_problem: int = 1000,
+) -> Iterator[Problem]:
+    """Endless problems whose expression is new (not in `exclude`, which this also fills).
+
+    Deduplicating by expression keeps splits disjoint in substance, not only in wording.
+    """
+    index = 0
+    while True:
+        for _ in range(max_attempts_per_problem):
+            problem = draw_problem(
+                rng, f"{id_prefix}-{index:05d}", min_ops, max_ops, max_value, word_fraction
+            )
+            if problem.expression not in exclude:
+                break
+        else:
+            raise ValueError(
+                f"toy world: could not draw a new distinct problem after {max_attempts_per_problem} "
+                f"tries (min_ops={min_ops}, max_ops={max_ops}, max_value={max_value}); ask for fewer "
+                "problems or widen max_ops/max_value"
+            )
+        exclude.add(problem.expression)
+        index += 1
+        yield problem
+
+
+def validate_settings(min_ops: int, max_ops: int, max_value: int, word_fraction: float) -> None:
+    if not 1 <= min_ops <= max_ops:
+        raise ValueError(
+            f"toy world: need 1 <= min_ops <= max_ops, got min_ops={min_ops}, max_ops={max_ops}"
+        )
+    if max_value < 10:
+        raise ValueError(f"toy world: max_value={max_value} is too small; use at least 10")
+    if not 0.0 <= word_fraction <= 1.0:
+        raise ValueError(f"toy world: word_fraction={word_fraction} must lie in [0, 1]")

@@ -1,0 +1,197 @@
+"""ToyWorld: the embedded data source (problems + a pool of teacher responses), no hub needed.
+
+It offers the data-source interface every source offers — `problems(split)` and
+`teacher_pool(split)` returning record Datasets — plus `corpus()` for tokenizer training and
+`pretrain_problems(n)` for building the toy base student on problems outside both splits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+
+from reasonft.data.toy.problems import Problem, problem_stream, validate_settings
+from reasonft.data.toy.teachers import TEACHER_STYLES, Solution, make_teacher
+
+SPLITS = ("train", "test")
+# Generated in this order, each split excluding the expressions of the ones before it, so the
+# test split does not depend on n_train and the base student's problems are seen by neither.
+_GENERATION_ORDER = ("test", "train", "pretrain")
+
+
+class ToyWorld:
+    """Seeded arithmetic problems (train/test, disjoint) and teachers that solve them.
+
+    Args:
+        seed: everything (problems, wording, teacher phrasing, slips) follows from it.
+        n_train, n_test: problems per split.
+        min_ops, max_ops: difficulty range (number of operations per problem).
+        max_value: operands and every intermediate result lie in 0..max_value.
+        teachers: teacher names for the pool (see `TEACHER_STYLES`).
+        slip_rate: share of the `sloppy` teacher's responses with an arithmetic slip.
+        responses_per_teacher: responses per teacher and prompt in the pool.
+        word_fraction: share of problems phrased as word problems.
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        n_train: int = 1000,
+        n_test: int = 200,
+        min_ops: int = 1,
+        max_ops: int = 3,
+        max_value: int = 99,
+        teachers: Sequence[str] = ("terse", "numbered", "verbose", "sloppy"),
+        slip_rate: float = 0.3,
+        responses_per_teacher: int = 1,
+        word_fraction: float = 0.3,
+    ) -> None:
+        validate_settings(min_ops, max_ops, max_value, word_fraction)
+        if n_train < 1 or n_test < 1:
+            raise ValueError(f"toy world: n_train={n_train} and n_test={n_test} must be >= 1")
+        if responses_per_teacher < 1:
+            raise ValueError(
+                f"toy world: responses_per_teacher={responses_per_teacher} must be >= 1"
+            )
+        self.seed = int(seed)
+        self.n_train = int(n_train)
+        self.n_test = int(n_test)
+        self.min_ops = int(min_ops)
+        self.max_ops = int(max_ops)
+        self.max_value = int(max_value)
+        self.teachers = [str(t) for t in teachers]
+        self.slip_rate = float(slip_rate)
+        self.responses_per_teacher = int(responses_per_teacher)
+        self.word_fraction = float(word_fraction)
+        if not self.teachers:
+            raise ValueError(f"toy world: teachers is empty; choose from {list(TEACHER_STYLES)}")
+        self._teachers = {name: make_teacher(name, self.slip_rate) for name in self.teachers}
+        self._problems: dict[str, list[Problem]] = {}
+        self._pretrain_stream = None
+        self._seen: set[str] = set()
+
+    def settings(self) -> dict[str, Any]:
+        """The constructor arguments: everything the world's content depends on."""
+        return {
+            "seed": self.seed,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "min_ops": self.min_ops,
+            "max_ops": self.max_ops,
+            "max_value": self.max_value,
+            "teachers": list(self.teachers),
+            "slip_rate": self.slip_rate,
+            "responses_per_teacher": self.responses_per_teacher,
+            "word_fraction": self.word_fraction,
+        }
+
+    # -- problems -------------------------------------------------------------------------------
+
+    def _stream(self, split: str):
+        return problem_stream(
+            random.Random(f"reasonft-toy/{self.seed}/{split}"),
+            split,
+            self.min_ops,
+            self.max_ops,
+            self.max_value,
+            self.word_fraction,
+            self._seen,
+        )
+
+    def _generate_splits(self) -> None:
+        if self._problems:
+            return
+        for split, n in (("test", self.n_test), ("train", self.n_train)):
+            self._problems[split] = list(itertools.islice(self._stream(split), n))
+        self._problems["pretrain"] = []
+        self._pretrain_stream = self._stream("pretrain")
+
+    def problem_list(self, split: str) -> list[Problem]:
+        """The `Problem` objects of a split (with expression and operations, for checks)."""
+        if split not in SPLITS:
+            raise ValueError(f"toy world: unknown split {split!r}; choose from {list(SPLITS)}")
+        self._generate_splits()
+        return self._problems[split]
+
+    def pretrain_problems(self, n: int) -> list[Problem]:
+        """`n` further problems, disjoint from train and test, for building the base student."""
+        self._generate_splits()
+        cached = self._problems["pretrain"]
+        if len(cached) < n:
+            cached.extend(itertools.islice(self._pretrain_stream, n - len(cached)))
+        return cached[:n]
+
+    def problems(self, split: str) -> datasets.Dataset:
+        """Columns prompt_id, prompt (the problem text), answer (the integer as a string)."""
+        rows = [
+            {"prompt_id": p.prompt_id, "prompt": p.text, "answer": str(p.answer)}
+            for p in self.problem_list(split)
+        ]
+        return datasets.Dataset.from_list(rows)
+
+    # -- teacher responses ----------------------------------------------------------------------
+
+    def solve(self, problem: Problem, teacher: str, sample_idx: int = 0) -> Solution:
+        """`teacher`'s response number `sample_idx` to `problem`; the same on every call."""
+        solver = self._teachers.get(teacher) or make_teacher(teacher, self.slip_rate)
+        rng = random.Random(f"reasonft-toy/{self.seed}/{teacher}/{problem.prompt_id}/{sample_idx}")
+        return solver.solve(problem, rng)
+
+    def teacher_pool(self, split: str = "train") -> datasets.Dataset:
+        """One record per teacher response: prompt_id, prompt, answer, response, source, steps."""
+        rows = []
+        for problem in self.problem_list(split):
+            for teacher in self.teachers:
+                for k in range(self.responses_per_teacher):
+                    solution = self.solve(problem, teacher, k)
+                    rows.append(
+                        {
+                            "prompt_id": problem.prompt_id,
+                            "prompt": problem.text,
+                            "answer": str(problem.answer),
+                            "response": solution.response,
+                            "source": teacher,
+                            "steps": solution.steps,
+                        }
+                    )
+        return datasets.Dataset.from_list(rows)
+
+    # -- tokenizer corpus and summary -----------------------------------------------------------
+
+    def corpus(self) -> list[str]:
+        """Texts for tokenizer training: train problems and every teacher's train responses."""
+        texts = []
+        for problem in self.problem_list("train"):
+            texts.append(problem.text)
+            for teacher in TEACHER_STYLES:
+                texts.append(self.solve(problem, teacher).response)
+        return texts
+
+    def describe(self) -> dict[str, Any]:
+        """Counts: problems per split and difficulty, word problems, pool records per teacher."""
+        out: dict[str, Any] = {"settings": self.settings(), "splits": {}}
+        for split in SPLITS:
+            problems = self.problem_list(split)
+            wrong = Counter()
+            for problem in problems:
+                for teacher in self.teachers:
+                    for k in range(self.responses_per_teacher):
+                        if self.solve(problem, teacher, k).final_answer != problem.answer:
+                            wrong[teacher] += 1
+            out["splits"][split] = {
+                "problems": len(problems),
+                "word_problems": sum(p.is_word_problem for p in problems),
+                "by_difficulty": dict(sorted(Counter(p.difficulty for p in problems).items())),
+                "pool_records": len(problems) * len(self.teachers) * self.responses_per_teacher,
+                "wrong_responses_by_teacher": {t: wrong[t] for t in self.teachers},
+            }
+        return out
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return f"ToyWorld({args})"

@@ -1,0 +1,357 @@
+"""Build the toy student: a tokenizer trained on the toy corpus and a tiny Qwen2 base model.
+
+The base student is the real Qwen2 architecture, trained briefly (plain torch loop — this is
+world-building, not the product's training path) on teacher responses drawn with a style mix
+biased toward some teachers. So it finds some teachers more natural than others (lower PPL) and
+is still wrong often, leaving room for fine-tuning. The result is an ordinary checkpoint folder
+(config + weights + tokenizer), cached under a hash of every setting it depends on and loaded
+back through `AutoModelForCausalLM` / `AutoTokenizer` like any real checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from transformers import AutoConfig, PreTrainedModel
+
+from reasonft.data.prompts import IGNORE_INDEX, build_prompt, encode_example
+from reasonft.data.toy.problems import Problem
+from reasonft.data.toy.teachers import TEACHER_STYLES
+from reasonft.data.toy.world import ToyWorld
+from reasonft.io import atomic_path, write_json
+from reasonft.models.loading import load_tokenizer, random_student
+from reasonft.models.tokenizer import save_tokenizer, train_tokenizer
+from reasonft.scoring.logprobs import token_logprobs
+
+# Bump when the build procedure changes, so that old cached students are not reused.
+BUILD_VERSION = 1
+BUILD_REPORT = "toy_build.json"
+DEFAULT_STYLE_MIX = {"terse": 0.5, "numbered": 0.4, "verbose": 0.1}
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with `n` torch intra-op threads (None: leave the setting alone), then restore."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def as_world(world: ToyWorld | Mapping[str, Any]) -> ToyWorld:
+    """A ToyWorld from an object or its config mapping (a `_target_` key is ignored)."""
+    if isinstance(world, ToyWorld):
+        return world
+    if isinstance(world, Mapping):
+        kwargs = {k: v for k, v in dict(world).items() if k != "_target_"}
+        return ToyWorld(**kwargs)
+    raise TypeError(
+        f"model.build.world: the toy student needs the toy world (a ToyWorld or its config, "
+        f"e.g. data=toy with world: ${{data.source}}), got {type(world).__name__}"
+    )
+
+
+def _pad_batch(examples: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    target = torch.zeros((len(examples), width), dtype=torch.bool)
+    for row, example in enumerate(examples):
+        n = len(example["input_ids"])
+        ids[row, :n] = torch.tensor(example["input_ids"])
+        mask[row, :n] = 1
+        target[row, :n] = torch.tensor([label != IGNORE_INDEX for label in example["labels"]])
+    return {"input_ids": ids, "attention_mask": mask, "target_mask": target}
+
+
+def _epoch_batches(
+    examples: Sequence[dict[str, list[int]]], batch_size: int, rng: random.Random, pool: int = 64
+) -> list[list[int]]:
+    """One epoch of batches: shuffled, then sorted by length inside pools of `pool` batches
+    (little padding), then the batch order shuffled again."""
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    batches = []
+    for start in range(0, len(order), batch_size * pool):
+        chunk = sorted(
+            order[start : start + batch_size * pool], key=lambda i: len(examples[i]["input_ids"])
+        )
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def train_plain(
+    model: torch.nn.Module,
+    examples: Sequence[dict[str, list[int]]],
+    steps: int,
+    lr: float,
+    batch_size: int,
+    pad_id: int,
+    seed: int,
+    warmup_ratio: float = 0.05,
+    weight_decay: float = 0.01,
+    description: str = "toy training",
+) -> list[float]:
+    """Mean token cross-entropy on the labelled tokens; AdamW, warmup + cosine to 10% of `lr`.
+
+    Batches follow a seeded shuffle of `examples`, grouped by length, reshuffled every epoch.
+    Returns the loss of every step.
+    """
+    if not examples:
+        raise ValueError("train_plain: no examples to train on")
+    torch.manual_seed(seed)
+    order_rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay
+    )
+    warmup = max(1, int(warmup_ratio * steps))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    batches: list[list[int]] = []
+    losses: list[float] = []
+    model.train()
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns) as progress:
+        task = progress.add_task(description, total=steps, loss=float("nan"))
+        for _ in range(steps):
+            if not batches:
+                batches = _epoch_batches(examples, batch_size, order_rng)
+            batch = _pad_batch([examples[i] for i in batches.pop()], pad_id)
+            logp, _ = token_logprobs(
+                model, batch["input_ids"], batch["attention_mask"], batch["target_mask"]
+            )
+            loss = -(logp * batch["target_mask"]).sum() / batch["target_mask"].sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            progress.update(task, advance=1, loss=losses[-1])
+    model.eval()
+    return losses
+
+
+class ToyStudentBuilder:
+    """Builds (or reuses) the toy base student folder: Qwen2 weights + config + tokenizer.
+
+    Args:
+        world: the ToyWorld (or its config) whose corpus and teachers the student learns from.
+        hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size: Qwen2 shape.
+        vocab_size: target size of the BPE vocabulary trained on `world.corpus()`.
+        steps, lr, batch_size: the brief pre-training (plain AdamW loop).
+        n_pretrain: distinct problems (outside train and test) the pre-training cycles over.
+        style_mix: teacher name -> share of pre-training responses in that teacher's style.
+        prompt_suffix, chat_template: how prompts are built (must match the data config).
+        max_length: the model's max_position_embeddings.
+        seed: weights init and data order.
+        num_threads: torch threads while training (restored afterwards; None keeps the
+            current setting). 1 by default: a model this small gains little from a second
+            thread, and on a shared CPU two threads that wait on each other can run many
+            times slower than one.
+    """
+
+    def __init__(
+        self,
+        world: ToyWorld | Mapping[str, Any],
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        num_kv_heads: int = 2,
+        intermediate_size: int | None = None,
+        vocab_size: int = 600,
+        steps: int = 600,
+        lr: float = 3e-3,
+        batch_size: int = 32,
+        n_pretrain: int = 10000,
+        style_mix: Mapping[str, float] | None = None,
+        prompt_suffix: str = "",
+        chat_template: bool = True,
+        max_length: int = 512,
+        seed: int = 0,
+        num_threads: int | None = 1,
+    ) -> None:
+        self.world = as_world(world)
+        mix = dict(style_mix) if style_mix is not None else dict(DEFAULT_STYLE_MIX)
+        unknown = sorted(set(mix) - set(TEACHER_STYLES))
+        if unknown or not mix or any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
+            raise ValueError(
+                f"model.build.style_mix={mix}: use teacher names from {list(TEACHER_STYLES)} "
+                "with non-negative shares that sum to more than 0"
+            )
+        if hidden_size % num_heads or num_heads % num_kv_heads:
+            raise ValueError(
+                f"model.build: hidden_size={hidden_size} must divide by num_heads={num_heads}, "
+                f"and num_heads by num_kv_heads={num_kv_heads}"
+            )
+        self.hidden_size = int(hidden_size)
+        self.num_layers = int(num_layers)
+        self.num_heads = int(num_heads)
+        self.num_kv_heads = int(num_kv_heads)
+        self.intermediate_size = int(intermediate_size or 4 * hidden_size)
+        self.vocab_size = int(vocab_size)
+        self.steps = int(steps)
+        self.lr = float(lr)
+        self.batch_size = int(batch_size)
+        self.n_pretrain = int(n_pretrain)
+        total = sum(mix.values())
+        self.style_mix = {name: float(mix[name]) / total for name in sorted(mix)}
+        self.prompt_suffix = str(prompt_suffix)
+        self.chat_template = bool(chat_template)
+        self.max_length = int(max_length)
+        self.seed = int(seed)
+        self.num_threads = None if num_threads is None else int(num_threads)
+        self.last_losses: list[float] = []
+
+    def settings(self) -> dict[str, Any]:
+        """Everything the built folder depends on (the world's settings included)."""
+        return {
+            "build_version": BUILD_VERSION,
+            "world": self.world.settings(),
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "intermediate_size": self.intermediate_size,
+            "vocab_size": self.vocab_size,
+            "steps": self.steps,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "n_pretrain": self.n_pretrain,
+            "style_mix": self.style_mix,
+            "prompt_suffix": self.prompt_suffix,
+            "chat_template": self.chat_template,
+            "max_length": self.max_length,
+            "seed": self.seed,
+        }
+
+    def folder_name(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()
+        return f"toy-student-{digest[:16]}"
+
+    def model_config(self, tokenizer: Any) -> dict[str, Any]:
+        return {
+            "model_type": "qwen2",
+            "vocab_size": len(tokenizer),
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "max_position_embeddings": self.max_length,
+            "rope_theta": 10000.0,
+            "tie_word_embeddings": True,
+            "bos_token_id": tokenizer.eos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+
+    def pretraining_pairs(self) -> list[tuple[Problem, str]]:
+        """(problem, teacher) for every pre-training example; teachers drawn by `style_mix`."""
+        rng = random.Random(f"reasonft-toy-student/{self.seed}")
+        names = list(self.style_mix)
+        weights = [self.style_mix[n] for n in names]
+        problems = self.world.pretrain_problems(self.n_pretrain)
+        return [(problem, rng.choices(names, weights)[0]) for problem in problems]
+
+    def pretraining_examples(self, tokenizer: Any) -> list[dict[str, list[int]]]:
+        """The pairs tokenised as every stage tokenises (prompt masked, eos appended)."""
+        examples = []
+        for problem, teacher in self.pretraining_pairs():
+            response = self.world.solve(problem, teacher).response
+            prompt = build_prompt(problem.text, tokenizer, self.prompt_suffix, self.chat_template)
+            example = encode_example(prompt, response, tokenizer)
+            if len(example["input_ids"]) > self.max_length:
+                raise ValueError(
+                    f"toy pre-training example {problem.prompt_id} has {len(example['input_ids'])} "
+                    f"tokens > max_length={self.max_length}; raise model.build.max_length"
+                )
+            examples.append(example)
+        return examples
+
+    def train_student(self, tokenizer: Any) -> PreTrainedModel:
+        """A fresh Qwen2 from the seed, pre-trained on `pretraining_examples(tokenizer)`."""
+        examples = self.pretraining_examples(tokenizer)
+        model = random_student(self.model_config(tokenizer), dtype="float32", seed=self.seed)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        with torch_threads(self.num_threads):
+            self.last_losses = train_plain(
+                model,
+                examples,
+                steps=self.steps,
+                lr=self.lr,
+                batch_size=self.batch_size,
+                pad_id=tokenizer.pad_token_id,
+                seed=self.seed,
+                description="building toy student",
+            )
+        return model
+
+    def prepare_tokenizer(self, folder: str | Path) -> Any:
+        """Train the tokenizer, save it beside the Qwen2 config in `folder`, and load it back.
+
+        The student is trained with the tokenizer *as loaded* by `AutoTokenizer` from a folder
+        holding a Qwen2 config — the way every later stage loads it. (transformers 5 rebuilds a
+        Qwen2 tokenizer there, with Qwen's own pre-tokenisation, whatever class the tokenizer
+        config names; training on the in-memory tokenizer instead would teach the student ids
+        it never sees again.)
+        """
+        folder = Path(folder)
+        trained = train_tokenizer(self.world.corpus(), self.vocab_size)
+        config = AutoConfig.for_model(**self.model_config(trained))
+        config.save_pretrained(folder)
+        save_tokenizer(trained, folder)
+        return load_tokenizer(str(folder))
+
+    def build(self, cache_dir: str | Path) -> str:
+        """The student folder under `cache_dir`; trained only when it does not exist yet."""
+        folder = Path(cache_dir) / self.folder_name()
+        if (folder / BUILD_REPORT).exists():
+            return str(folder)
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        with atomic_path(folder) as tmp:
+            tokenizer = self.prepare_tokenizer(tmp)
+            model = self.train_student(tokenizer)
+            model.save_pretrained(tmp)
+            losses = self.last_losses
+            report = {
+                "settings": self.settings(),
+                "wall_seconds": round(time.perf_counter() - started, 2),
+                "cpu_seconds": round(time.process_time() - cpu_started, 2),
+                "torch_threads": self.num_threads or torch.get_num_threads(),
+                "n_parameters": sum(p.numel() for p in model.parameters()),
+                "first_loss": losses[0],
+                "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+            }
+            write_json(report, tmp / BUILD_REPORT)
+        return str(folder)

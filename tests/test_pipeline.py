@@ -1,0 +1,81 @@
+"""The pipeline over content-addressed artifacts, end to end on a miniature toy world."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import reasonft  # noqa: F401  (resolvers)
+from reasonft.config import CONF_DIR
+from reasonft.pipeline.runner import Pipeline
+
+TINY = [
+    "data.source.n_train=24",
+    "data.source.n_test=6",
+    "data.source.max_ops=2",
+    "model.build.steps=10",
+    "model.build.n_pretrain=200",
+    "model.build.vocab_size=400",
+    "model.build.hidden_size=32",
+    "model.build.intermediate_size=64",
+    "generate.n=2",
+    "generate.max_new_tokens=40",
+    "verify.workers=1",
+    "eval.benchmarks.0.n_samples=2",
+    "eval.benchmarks.0.limit=4",
+    "eval.ks=[1,2]",
+    "eval.generator.max_new_tokens=40",
+    "eval.heldout_entropy.limit=4",
+    "train.global_batch_size=4",
+    "train.micro_batch_size=2",
+    "train.ul_per_global_batch=1",
+    "logger=none",
+    "callbacks.progress_bar=null",
+]
+
+
+def _cfg(tmp_path, *extra: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[
+                f"paths.cache_dir={tmp_path / 'cache'}",
+                f"paths.output_dir={tmp_path / 'run'}",
+                *TINY,
+                *extra,
+            ],
+        )
+
+
+def _built(pipeline: Pipeline) -> dict[str, bool]:
+    return {f"{a.stage}:{a.key}": a.reused for a in pipeline.artifacts}
+
+
+@pytest.mark.slow
+def test_second_run_reuses_and_changed_selection_reruns_downstream_only(tmp_path):
+    first = Pipeline(_cfg(tmp_path))
+    first.run()
+    stages = [a.stage for a in first.artifacts]
+    assert stages == ["base", "generate", "verify", "score", "select", "train", "evaluate", "evaluate"]
+    assert not any(_built(first).values())
+    assert (tmp_path / "run" / "results.md").exists()
+    assert set(first.results) == {"base", "trained"}
+
+    again = Pipeline(_cfg(tmp_path))
+    again.run()
+    assert all(_built(again).values()), "an identical run must reuse every artifact"
+
+    changed = Pipeline(_cfg(tmp_path, "select.promote.mu=1.5"))
+    changed.run()
+    reused = {a.stage: a.reused for a in changed.artifacts if a.stage != "evaluate"}
+    assert reused == {
+        "base": True, "generate": True, "verify": True, "score": True,
+        "select": False, "train": False,
+    }
+    evaluations = [a.reused for a in changed.artifacts if a.stage == "evaluate"]
+    assert evaluations == [True, False]  # the base student's evaluation is reused
+
+
+def test_unknown_stage_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown"):
+        Pipeline(_cfg(tmp_path, "stages=[base,traine]"))
