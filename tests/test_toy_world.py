@@ -141,7 +141,7 @@ def test_columns_ids_and_difficulty():
 
 
 def test_answers_match_a_separate_evaluation_and_stay_in_range():
-    world = small_world(max_value=60, word_fraction=0.5)
+    world = small_world(max_value=60, max_operand=12, word_fraction=0.5)
     problems = world.problem_list("train") + world.problem_list("test")
     assert any(p.is_word_problem for p in problems) and not all(p.is_word_problem for p in problems)
     for problem in problems:
@@ -151,7 +151,7 @@ def test_answers_match_a_separate_evaluation_and_stay_in_range():
         else:
             assert problem.expression in problem.text
         for calc in problem.calculations():
-            assert 0 <= calc.left <= 60 and 0 <= calc.right <= 60 and 0 <= calc.result <= 60
+            assert 0 <= calc.left <= 60 and 1 <= calc.right <= 12 and 0 <= calc.result <= 60
             assert exact(calc.left, calc.op, calc.right) == calc.result
 
 
@@ -235,6 +235,8 @@ def test_bad_settings_raise_clear_errors():
         ToyWorld(min_ops=3, max_ops=2)
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         small_world().problems("dev")
+    with pytest.raises(ValueError, match="max_operand=1 must lie in 2..max_value"):
+        ToyWorld(max_operand=1)
     with pytest.raises(ValueError, match="slip_rate"):
         ToyWorld(slip_rate=1.5)
 

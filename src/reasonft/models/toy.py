@@ -223,7 +223,7 @@ class ToyStudentBuilder:
         self.batch_size = int(batch_size)
         self.n_pretrain = int(n_pretrain)
         total = sum(mix.values())
-        self.style_mix = {name: float(mix[name]) / total for name in sorted(mix)}
+        self.style_mix = {name: round(float(mix[name]) / total, 12) for name in sorted(mix)}
         self.prompt_suffix = str(prompt_suffix)
         self.chat_template = bool(chat_template)
         self.max_length = int(max_length)

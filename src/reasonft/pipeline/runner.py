@@ -8,6 +8,7 @@ re-runs `select` and what follows, never `score`.
 from __future__ import annotations
 
 import logging
+import tempfile
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,15 @@ from reasonft.io import read_records, write_json, write_records
 from reasonft.pipeline.artifacts import Artifact, ArtifactStore, content_key
 from reasonft.pipeline.report import write_final_report
 from reasonft.selection.teacher_rank import TeacherRanking
+from reasonft.sweep import check_launch, is_rank_zero_process
+from reasonft.training.strategies import check_strategy
+from reasonft.wandb_artifacts import (
+    log_eval_table,
+    log_model,
+    log_objective,
+    log_selection,
+    wandb_session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +38,12 @@ RECORDS = "records.parquet"
 
 
 class Pipeline:
-    def __init__(self, cfg: DictConfig) -> None:
+    def __init__(self, cfg: DictConfig, wandb_run: Any = None) -> None:
         unknown = [s for s in cfg.stages if s not in STAGES]
         if unknown:
             raise ValueError(f"stages={list(cfg.stages)}: unknown {unknown}; choose from {list(STAGES)}")
         self.cfg = cfg
+        self.wandb_run = wandb_run
         self.store = ArtifactStore(cfg.paths.artifacts_dir)
         self.out_dir = Path(cfg.paths.output_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -154,6 +165,8 @@ class Pipeline:
                 return {"teacher_ranking": selection.table, **selection.report}
             write_records(selection.records, tmp / RECORDS)
             write_report(selection, pool, tmp)
+            if len(selection.records):
+                log_selection(self.wandb_run, selection.report, tmp / RECORDS)
             return selection.report
 
         art = self.store.build("select", self.cfg.select, {upstream.stage: upstream.key}, produce)
@@ -186,8 +199,15 @@ class Pipeline:
             model, tok = self.load_model(self.base[0])
             records = read_records(self.selected.path / RECORDS)
             path = train_student(c, records, model, tok, tmp)
+            log_model(self.wandb_run, path)
             return {"model": str(Path(path).relative_to(tmp))}
 
+        if not is_rank_zero_process():
+            # Lightning's DDP re-runs this script for ranks > 0: they train alongside rank 0 but
+            # never write (or race to rename) the artifact.
+            with tempfile.TemporaryDirectory() as scratch:
+                produce(Path(scratch))
+            return None
         return self._record(self.store.build("train", cfg, inputs, produce))
 
     # -- evaluate ------------------------------------------------------------------------------
@@ -217,14 +237,20 @@ class Pipeline:
             _ = self.selected
         if "train" in stages:
             _ = self.trained
+        if not is_rank_zero_process():
+            return None
         if "evaluate" in stages:
             self.results["base"] = self.evaluate("base", *self.base)
             if "train" in stages:
                 trained = self.trained
                 path = str(trained.path / trained.meta()["summary"]["model"])
                 self.results["trained"] = self.evaluate("trained", path, f"train:{trained.key}")
+        if self.results:
+            log_eval_table(self.wandb_run, self.results)
         if "report" in stages:
-            return write_final_report(self.cfg, self.artifacts, self.results, self.out_dir)
+            objective = write_final_report(self.cfg, self.artifacts, self.results, self.out_dir)
+            log_objective(self.wandb_run, self.cfg.objective, objective)
+            return objective
         return None
 
 
@@ -244,4 +270,9 @@ def _without(node: DictConfig, *keys: str) -> dict[str, Any]:
 
 
 def run_pipeline(cfg: DictConfig) -> float | None:
-    return Pipeline(cfg).run()
+    """Check the launch set-up at start-up (not an hour in), then run the stages."""
+    if "train" in cfg.stages:
+        check_strategy(cfg.get("strategy"))
+    check_launch(cfg)
+    with wandb_session(cfg) as wandb_run:
+        return Pipeline(cfg, wandb_run).run()

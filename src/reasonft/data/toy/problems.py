@@ -2,8 +2,9 @@
 
 A problem is a chain of single operations on a running value: start from a number, then apply
 `difficulty` operations, each one `value op n`. The text reads in the order the steps are taken
-(`(12 - 5) * 3 + 4`). Every operand and every intermediate result stays in `0..max_value`, and
-division is used only when exact, so a tiny transformer can learn each single-operation step.
+(`(12 - 5) * 3 + 4`). Intermediate results stay in `0..max_value`, operands are small
+(`n <= max_operand`), and division is used only when exact, so a tiny transformer can learn
+each single-operation step.
 """
 
 from __future__ import annotations
@@ -93,28 +94,47 @@ class Problem:
         return steps
 
 
-def _feasible_operators(value: int, max_value: int) -> list[str]:
-    ops = []
-    if value < max_value:
-        ops.append("+")
-    if value >= 1:
-        ops.append("-")
-    if 1 <= value and 2 * value <= max_value:
-        ops.append("*")
-    if value >= 2:
-        ops.append("/")
-    return ops
+@dataclass(frozen=True)
+class ProblemShape:
+    """How problems are drawn.
 
+    Operations per problem lie in `min_ops..max_ops`; the start value and every intermediate
+    result in `0..max_value`; each operand (the number combined with the running value) in
+    `1..max_operand` (`2..max_operand` for * and /), so each step is a small table fact.
+    """
 
-def _draw_operand(op: str, value: int, max_value: int, rng: random.Random) -> int:
-    if op == "+":
-        return rng.randint(1, max_value - value)
-    if op == "-":
-        return rng.randint(1, value)
-    if op == "*":
-        return rng.randint(2, max_value // value)
-    divisors = [d for d in range(2, value + 1) if value % d == 0]
-    return rng.choice(divisors)
+    min_ops: int = 1
+    max_ops: int = 3
+    max_value: int = 99
+    max_operand: int = 9
+    word_fraction: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_ops <= self.max_ops:
+            raise ValueError(
+                f"toy world: need 1 <= min_ops <= max_ops, got min_ops={self.min_ops}, "
+                f"max_ops={self.max_ops}"
+            )
+        if self.max_value < 10:
+            raise ValueError(f"toy world: max_value={self.max_value} is too small; use >= 10")
+        if not 2 <= self.max_operand <= self.max_value:
+            raise ValueError(
+                f"toy world: max_operand={self.max_operand} must lie in 2..max_value "
+                f"({self.max_value})"
+            )
+        if not 0.0 <= self.word_fraction <= 1.0:
+            raise ValueError(f"toy world: word_fraction={self.word_fraction} must lie in [0, 1]")
+
+    def operand_choices(self, op: str, value: int) -> range | list[int]:
+        """The operands `op` may take with the running value `value` (empty: not possible)."""
+        top = self.max_operand
+        if op == "+":
+            return range(1, min(top, self.max_value - value) + 1)
+        if op == "-":
+            return range(1, min(top, value) + 1)
+        if op == "*":
+            return range(2, min(top, self.max_value // value) + 1) if value >= 1 else range(0)
+        return [d for d in range(2, min(top, value) + 1) if value % d == 0]
 
 
 def _wrap(text: str, precedence: int, needed: int) -> str:
@@ -142,23 +162,17 @@ def _word_text(start: int, operations: tuple[Operation, ...], rng: random.Random
     return " ".join(sentences)
 
 
-def draw_problem(
-    rng: random.Random,
-    prompt_id: str,
-    min_ops: int,
-    max_ops: int,
-    max_value: int,
-    word_fraction: float,
-) -> Problem:
-    """One random problem; every value along the way stays in `0..max_value`."""
-    n_ops = rng.randint(min_ops, max_ops)
-    is_word = rng.random() < word_fraction
-    value = rng.randint(2, max_value)
+def draw_problem(rng: random.Random, prompt_id: str, shape: ProblemShape) -> Problem:
+    """One random problem within `shape`."""
+    n_ops = rng.randint(shape.min_ops, shape.max_ops)
+    is_word = rng.random() < shape.word_fraction
+    value = rng.randint(2, shape.max_value)
     start = value
     operations: list[Operation] = []
     for _ in range(n_ops):
-        op = rng.choice(_feasible_operators(value, max_value))
-        operand = _draw_operand(op, value, max_value, rng)
+        feasible = [op for op in OPERATORS if shape.operand_choices(op, value)]
+        op = rng.choice(feasible)
+        operand = rng.choice(shape.operand_choices(op, value))
         value = apply(op, value, operand)
         operations.append(Operation(op, operand))
     ops = tuple(operations)
@@ -173,10 +187,7 @@ def draw_problem(
 def problem_stream(
     rng: random.Random,
     id_prefix: str,
-    min_ops: int,
-    max_ops: int,
-    max_value: int,
-    word_fraction: float,
+    shape: ProblemShape,
     exclude: set[str],
     max_attempts_per_problem: int = 1000,
 ) -> Iterator[Problem]:
@@ -187,28 +198,14 @@ def problem_stream(
     index = 0
     while True:
         for _ in range(max_attempts_per_problem):
-            problem = draw_problem(
-                rng, f"{id_prefix}-{index:05d}", min_ops, max_ops, max_value, word_fraction
-            )
+            problem = draw_problem(rng, f"{id_prefix}-{index:05d}", shape)
             if problem.expression not in exclude:
                 break
         else:
             raise ValueError(
                 f"toy world: could not draw a new distinct problem after {max_attempts_per_problem} "
-                f"tries (min_ops={min_ops}, max_ops={max_ops}, max_value={max_value}); ask for fewer "
-                "problems or widen max_ops/max_value"
+                f"tries ({shape}); ask for fewer problems or widen the ranges"
             )
         exclude.add(problem.expression)
         index += 1
         yield problem
-
-
-def validate_settings(min_ops: int, max_ops: int, max_value: int, word_fraction: float) -> None:
-    if not 1 <= min_ops <= max_ops:
-        raise ValueError(
-            f"toy world: need 1 <= min_ops <= max_ops, got min_ops={min_ops}, max_ops={max_ops}"
-        )
-    if max_value < 10:
-        raise ValueError(f"toy world: max_value={max_value} is too small; use at least 10")
-    if not 0.0 <= word_fraction <= 1.0:
-        raise ValueError(f"toy world: word_fraction={word_fraction} must lie in [0, 1]")

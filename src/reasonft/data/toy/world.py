@@ -15,7 +15,7 @@ from typing import Any
 
 import datasets
 
-from reasonft.data.toy.problems import Problem, problem_stream, validate_settings
+from reasonft.data.toy.problems import Problem, ProblemShape, problem_stream
 from reasonft.data.toy.teachers import TEACHER_STYLES, Solution, make_teacher
 
 SPLITS = ("train", "test")
@@ -31,7 +31,8 @@ class ToyWorld:
         seed: everything (problems, wording, teacher phrasing, slips) follows from it.
         n_train, n_test: problems per split.
         min_ops, max_ops: difficulty range (number of operations per problem).
-        max_value: operands and every intermediate result lie in 0..max_value.
+        max_value: the start value and every intermediate result lie in 0..max_value.
+        max_operand: each number combined with the running value lies in 1..max_operand.
         teachers: teacher names for the pool (see `TEACHER_STYLES`).
         slip_rate: share of the `sloppy` teacher's responses with an arithmetic slip.
         responses_per_teacher: responses per teacher and prompt in the pool.
@@ -46,12 +47,15 @@ class ToyWorld:
         min_ops: int = 1,
         max_ops: int = 3,
         max_value: int = 99,
+        max_operand: int = 9,
         teachers: Sequence[str] = ("terse", "numbered", "verbose", "sloppy"),
         slip_rate: float = 0.3,
         responses_per_teacher: int = 1,
         word_fraction: float = 0.3,
     ) -> None:
-        validate_settings(min_ops, max_ops, max_value, word_fraction)
+        self.shape = ProblemShape(
+            int(min_ops), int(max_ops), int(max_value), int(max_operand), float(word_fraction)
+        )
         if n_train < 1 or n_test < 1:
             raise ValueError(f"toy world: n_train={n_train} and n_test={n_test} must be >= 1")
         if responses_per_teacher < 1:
@@ -61,13 +65,9 @@ class ToyWorld:
         self.seed = int(seed)
         self.n_train = int(n_train)
         self.n_test = int(n_test)
-        self.min_ops = int(min_ops)
-        self.max_ops = int(max_ops)
-        self.max_value = int(max_value)
         self.teachers = [str(t) for t in teachers]
         self.slip_rate = float(slip_rate)
         self.responses_per_teacher = int(responses_per_teacher)
-        self.word_fraction = float(word_fraction)
         if not self.teachers:
             raise ValueError(f"toy world: teachers is empty; choose from {list(TEACHER_STYLES)}")
         self._teachers = {name: make_teacher(name, self.slip_rate) for name in self.teachers}
@@ -81,13 +81,14 @@ class ToyWorld:
             "seed": self.seed,
             "n_train": self.n_train,
             "n_test": self.n_test,
-            "min_ops": self.min_ops,
-            "max_ops": self.max_ops,
-            "max_value": self.max_value,
+            "min_ops": self.shape.min_ops,
+            "max_ops": self.shape.max_ops,
+            "max_value": self.shape.max_value,
+            "max_operand": self.shape.max_operand,
             "teachers": list(self.teachers),
             "slip_rate": self.slip_rate,
             "responses_per_teacher": self.responses_per_teacher,
-            "word_fraction": self.word_fraction,
+            "word_fraction": self.shape.word_fraction,
         }
 
     # -- problems -------------------------------------------------------------------------------
@@ -96,10 +97,7 @@ class ToyWorld:
         return problem_stream(
             random.Random(f"reasonft-toy/{self.seed}/{split}"),
             split,
-            self.min_ops,
-            self.max_ops,
-            self.max_value,
-            self.word_fraction,
+            self.shape,
             self._seen,
         )
 
