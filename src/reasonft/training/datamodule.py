@@ -8,7 +8,7 @@ it in a DistributedSampler and break the fixed CE/UL composition of the global b
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import datasets
@@ -123,6 +123,7 @@ class RecordsDataModule(pl.LightningDataModule):
         self.group_by_length = group_by_length
         self.num_replicas = num_replicas
         self.rank = rank
+        self._resume_state: dict[str, int] | None = None
         self.train_set: datasets.Dataset | None = None
         self.sampler: MixedBatchSampler | None = None
         self.report: dict[str, Any] = {}
@@ -215,10 +216,51 @@ class RecordsDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.sampler = self.build_sampler()
-        return DataLoader(
+        self.loader = ResumableDataLoader(
             self.train_set,
             batch_sampler=self.sampler,
             collate_fn=Collator(self.tokenizer.pad_token_id, self.loss_types),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+        if self._resume_state:
+            self.loader.resume(self._resume_state["epoch"], self._resume_state["micro_batches"])
+        return self.loader
+
+    # Lightning saves these with each checkpoint and restores them before the fit goes on, so
+    # `train.ckpt_path=last` continues mid-epoch at the next micro-batch, not the epoch's start.
+    def state_dict(self) -> dict[str, int]:
+        loader = getattr(self, "loader", None)
+        if loader is None:
+            return {}
+        return {"epoch": self.sampler.epoch, "micro_batches": loader.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_state = dict(state) or None
+        if self._resume_state and getattr(self, "loader", None) is not None:
+            self.loader.resume(state["epoch"], state["micro_batches"])
+
+
+class ResumableDataLoader(DataLoader):
+    """Counts the micro-batches handed out in the current epoch; `resume(epoch, n)` makes the
+    next pass over that epoch start at micro-batch n (the sampler skips those before it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.consumed = 0
+        self._resume: tuple[int, int] | None = None
+
+    def resume(self, epoch: int, micro_batches: int) -> None:
+        self._resume = (int(epoch), int(micro_batches))
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler = self.batch_sampler
+        start = 0
+        if self._resume is not None and self._resume[0] == sampler.epoch:
+            start = self._resume[1] if self._resume[1] < len(sampler) else 0
+        self._resume = None
+        sampler.start = start
+        self.consumed = start
+        for batch in super().__iter__():
+            self.consumed += 1
+            yield batch

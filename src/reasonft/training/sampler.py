@@ -89,6 +89,7 @@ class MixedBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.seed = int(seed)
+        self.start = 0
         self.group_by_length = group_by_length
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.epoch = 0
@@ -153,11 +154,16 @@ class MixedBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
+        # `start` (set when resuming mid-epoch) skips the micro-batches this rank already trained on.
+        start, self.start = self.start, 0
         micro, world = self.micro_batch_size, self.num_replicas
+        position = 0
         for batch in self.global_batches():
             for accumulation in range(self.accumulate_grad_batches):
-                start = (accumulation * world + self.rank) * micro
-                yield batch[start : start + micro].tolist()
+                if position >= start:
+                    begin = (accumulation * world + self.rank) * micro
+                    yield batch[begin : begin + micro].tolist()
+                position += 1
 
     @property
     def report(self) -> dict[str, Any]:
