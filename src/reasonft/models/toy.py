@@ -27,7 +27,7 @@ from transformers import AutoConfig, PreTrainedModel
 from reasonft.data.prompts import IGNORE_INDEX, build_prompt, encode_example
 from reasonft.data.toy.problems import Problem
 from reasonft.data.toy.teachers import TEACHER_STYLES
-from reasonft.data.toy.world import ToyWorld
+from reasonft.data.toy.world import GENERATOR_VERSION, ToyWorld
 from reasonft.io import atomic_path, write_json
 from reasonft.models.loading import load_tokenizer, random_student
 from reasonft.models.tokenizer import save_tokenizer, train_tokenizer
@@ -235,6 +235,7 @@ class ToyStudentBuilder:
         """Everything the built folder depends on (the world's settings included)."""
         return {
             "build_version": BUILD_VERSION,
+            "world_generator": GENERATOR_VERSION,
             "world": self.world.settings(),
             "hidden_size": self.hidden_size,
             "num_layers": self.num_layers,

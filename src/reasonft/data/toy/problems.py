@@ -189,11 +189,14 @@ def problem_stream(
     id_prefix: str,
     shape: ProblemShape,
     exclude: set[str],
+    distinct: bool = True,
     max_attempts_per_problem: int = 1000,
 ) -> Iterator[Problem]:
-    """Endless problems whose expression is new (not in `exclude`, which this also fills).
+    """Endless problems whose expression is not in `exclude`.
 
-    Deduplicating by expression keeps splits disjoint in substance, not only in wording.
+    With `distinct`, each yielded expression is added to `exclude`, so the stream never repeats
+    itself and later streams sharing the set avoid it: deduplicating by expression keeps splits
+    disjoint in substance, not only in wording.
     """
     index = 0
     while True:
@@ -206,6 +209,7 @@ def problem_stream(
                 f"toy world: could not draw a new distinct problem after {max_attempts_per_problem} "
                 f"tries ({shape}); ask for fewer problems or widen the ranges"
             )
-        exclude.add(problem.expression)
+        if distinct:
+            exclude.add(problem.expression)
         index += 1
         yield problem

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import datasets
@@ -18,10 +18,12 @@ import datasets
 from reasonft.data.toy.problems import Problem, ProblemShape, problem_stream
 from reasonft.data.toy.teachers import TEACHER_STYLES, Solution, make_teacher
 
+# Test is drawn first and train avoids its expressions, so the test split does not depend on
+# n_train; pre-training problems avoid the test expressions.
 SPLITS = ("train", "test")
-# Generated in this order, each split excluding the expressions of the ones before it, so the
-# test split does not depend on n_train and the base student's problems are seen by neither.
-_GENERATION_ORDER = ("test", "train", "pretrain")
+# Bump when the same settings would generate different problems or responses, so that cached
+# toy students built on the old content are not reused.
+GENERATOR_VERSION = 2
 
 
 class ToyWorld:
@@ -72,8 +74,7 @@ class ToyWorld:
             raise ValueError(f"toy world: teachers is empty; choose from {list(TEACHER_STYLES)}")
         self._teachers = {name: make_teacher(name, self.slip_rate) for name in self.teachers}
         self._problems: dict[str, list[Problem]] = {}
-        self._pretrain_stream = None
-        self._seen: set[str] = set()
+        self._pretrain_stream: Iterator[Problem] | None = None
 
     def settings(self) -> dict[str, Any]:
         """The constructor arguments: everything the world's content depends on."""
@@ -93,21 +94,19 @@ class ToyWorld:
 
     # -- problems -------------------------------------------------------------------------------
 
-    def _stream(self, split: str):
-        return problem_stream(
-            random.Random(f"reasonft-toy/{self.seed}/{split}"),
-            split,
-            self.shape,
-            self._seen,
-        )
+    def _stream(self, split: str, exclude: set[str], distinct: bool = True) -> Iterator[Problem]:
+        rng = random.Random(f"reasonft-toy/{self.seed}/{split}")
+        return problem_stream(rng, split, self.shape, exclude, distinct)
 
     def _generate_splits(self) -> None:
         if self._problems:
             return
+        seen: set[str] = set()
         for split, n in (("test", self.n_test), ("train", self.n_train)):
-            self._problems[split] = list(itertools.islice(self._stream(split), n))
+            self._problems[split] = list(itertools.islice(self._stream(split, seen), n))
+        test_expressions = {p.expression for p in self._problems["test"]}
         self._problems["pretrain"] = []
-        self._pretrain_stream = self._stream("pretrain")
+        self._pretrain_stream = self._stream("pretrain", test_expressions, distinct=False)
 
     def problem_list(self, split: str) -> list[Problem]:
         """The `Problem` objects of a split (with expression and operations, for checks)."""
@@ -117,7 +116,12 @@ class ToyWorld:
         return self._problems[split]
 
     def pretrain_problems(self, n: int) -> list[Problem]:
-        """`n` further problems, disjoint from train and test, for building the base student."""
+        """`n` problems for pre-training the base student: never a test problem.
+
+        They are drawn afresh (not deduplicated): the space of one-operation problems is small,
+        so they may repeat each other or a training problem — a student that never saw a short
+        problem would not learn when to stop.
+        """
         self._generate_splits()
         cached = self._problems["pretrain"]
         if len(cached) < n:
