@@ -36,7 +36,7 @@ from reasonft.scoring.logprobs import token_logprobs
 # Bump when the build procedure changes, so that old cached students are not reused.
 BUILD_VERSION = 1
 BUILD_REPORT = "toy_build.json"
-DEFAULT_STYLE_MIX = {"terse": 0.5, "numbered": 0.4, "verbose": 0.1}
+DEFAULT_STYLE_MIX = {"terse": 0.6, "numbered": 0.3, "verbose": 0.1}
 
 
 @contextmanager
@@ -184,11 +184,11 @@ class ToyStudentBuilder:
         world: ToyWorld | Mapping[str, Any],
         hidden_size: int = 128,
         num_layers: int = 2,
-        num_heads: int = 4,
-        num_kv_heads: int = 2,
+        num_heads: int = 8,
+        num_kv_heads: int = 4,
         intermediate_size: int | None = None,
         vocab_size: int = 600,
-        steps: int = 600,
+        steps: int = 650,
         lr: float = 3e-3,
         batch_size: int = 32,
         n_pretrain: int = 10000,
@@ -216,7 +216,7 @@ class ToyStudentBuilder:
         self.num_layers = int(num_layers)
         self.num_heads = int(num_heads)
         self.num_kv_heads = int(num_kv_heads)
-        self.intermediate_size = int(intermediate_size or 4 * hidden_size)
+        self.intermediate_size = int(intermediate_size or 2 * hidden_size)
         self.vocab_size = int(vocab_size)
         self.steps = int(steps)
         self.lr = float(lr)

@@ -105,9 +105,9 @@ class ProblemShape:
 
     min_ops: int = 1
     max_ops: int = 3
-    max_value: int = 99
+    max_value: int = 20
     max_operand: int = 9
-    word_fraction: float = 0.3
+    word_fraction: float = 0.2
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_ops <= self.max_ops:

@@ -48,12 +48,12 @@ class ToyWorld:
         n_test: int = 200,
         min_ops: int = 1,
         max_ops: int = 3,
-        max_value: int = 99,
+        max_value: int = 20,
         max_operand: int = 9,
         teachers: Sequence[str] = ("terse", "numbered", "verbose", "sloppy"),
         slip_rate: float = 0.3,
         responses_per_teacher: int = 1,
-        word_fraction: float = 0.3,
+        word_fraction: float = 0.2,
     ) -> None:
         self.shape = ProblemShape(
             int(min_ops), int(max_ops), int(max_value), int(max_operand), float(word_fraction)
