@@ -129,6 +129,7 @@ def test_settings_change_the_cache_folder():
     base = tiny_builder()
     assert tiny_builder().folder_name() == base.folder_name()
     assert tiny_builder(style_mix={"terse": 1.0}).folder_name() != base.folder_name()
+    assert tiny_builder(num_threads=2).folder_name() != base.folder_name()
     moved_world = ToyStudentBuilder(ToyWorld(seed=3, n_train=60, n_test=20), **TINY)
     assert moved_world.folder_name() != base.folder_name()
 

@@ -168,15 +168,16 @@ class ToyStudentBuilder:
         hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size: Qwen2 shape.
         vocab_size: target size of the BPE vocabulary trained on `world.corpus()`.
         steps, lr, batch_size: the brief pre-training (plain AdamW loop).
-        n_pretrain: distinct problems (outside train and test) the pre-training cycles over.
+        n_pretrain: problems the pre-training cycles over (never a test problem).
         style_mix: teacher name -> share of pre-training responses in that teacher's style.
         prompt_suffix, chat_template: how prompts are built (must match the data config).
         max_length: the model's max_position_embeddings.
         seed: weights init and data order.
         num_threads: torch threads while training (restored afterwards; None keeps the
-            current setting). 1 by default: a model this small gains little from a second
-            thread, and on a shared CPU two threads that wait on each other can run many
-            times slower than one.
+            current setting). Part of the cache key: the thread count changes the weights.
+            1 by default: the same weights on any machine, little to gain from a second
+            thread for a model this small, and no risk of two threads waiting on each other
+            on a shared CPU (with OpenMP's default busy-waiting that can be 10x slower).
     """
 
     def __init__(
@@ -252,6 +253,8 @@ class ToyStudentBuilder:
             "chat_template": self.chat_template,
             "max_length": self.max_length,
             "seed": self.seed,
+            # the thread count changes the floating-point reduction order, hence the weights
+            "num_threads": self.num_threads or torch.get_num_threads(),
         }
 
     def folder_name(self) -> str:
@@ -349,7 +352,6 @@ class ToyStudentBuilder:
                 "settings": self.settings(),
                 "wall_seconds": round(time.perf_counter() - started, 2),
                 "cpu_seconds": round(time.process_time() - cpu_started, 2),
-                "torch_threads": self.num_threads or torch.get_num_threads(),
                 "n_parameters": sum(p.numel() for p in model.parameters()),
                 "first_loss": losses[0],
                 "final_loss": sum(losses[-20:]) / len(losses[-20:]),

@@ -2,7 +2,8 @@
 
 It offers the data-source interface every source offers — `problems(split)` and
 `teacher_pool(split)` returning record Datasets — plus `corpus()` for tokenizer training and
-`pretrain_problems(n)` for building the toy base student on problems outside both splits.
+`pretrain_problems(n)` for building the toy base student on problems that are never test
+problems.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ class ToyWorld:
 
     def describe(self) -> dict[str, Any]:
         """Counts: problems per split and difficulty, word problems, pool records per teacher."""
-        out: dict[str, Any] = {"settings": self.settings(), "splits": {}}
+        out: dict[str, Any] = {"type": "toy", "settings": self.settings(), "splits": {}}
         for split in SPLITS:
             problems = self.problem_list(split)
             wrong = Counter()
