@@ -1,5 +1,11 @@
 """reasonft entry point: `python run.py [overrides]` runs the configured stages (conf/config.yaml)."""
 
+import os
+
+# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning, which on a shared or
+# small CPU can make a 2-thread step several times slower. An explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import hydra
 from omegaconf import DictConfig
 

@@ -217,6 +217,41 @@ def test_evaluate_real_generator_on_a_data_source_split(tiny_model, tiny_tokeniz
         evaluator.evaluate(tiny_model, tiny_tokenizer, tmp_path / "again")
 
 
+def test_greedy_benchmark_is_the_argmax_answer(tiny_model, tiny_tokenizer, tmp_path, verifier):
+    """A benchmark with temperature 0 decodes greedily (whatever the generator's temperature):
+    its response is the argmax continuation, computed here token by token without `generate`."""
+    generator = HFGenerator(n=4, temperature=1.0, max_new_tokens=5, batch_size=8, progress=False)
+    evaluator = Evaluator(
+        benchmarks={"greedy": {"split": "test", "n_samples": 1, "temperature": 0}, "dropped": None},
+        generator=generator, ks=[1], verifier=verifier, progress=False,
+    )
+    assert [b.name for b in evaluator.benchmarks] == ["greedy"]
+    results = evaluator.evaluate(tiny_model, tiny_tokenizer, tmp_path, data_source=FakeSource())
+    samples = read_records(tmp_path / "samples" / "greedy.parquet")
+    assert results["benchmarks"]["greedy"]["samples_per_problem"] == 1 and len(samples) == len(TINY)
+    from reasonft.data.prompts import build_prompt
+
+    for record in samples:
+        ids = tiny_tokenizer(build_prompt(record["prompt"], tiny_tokenizer), add_special_tokens=False)["input_ids"]
+        out: list[int] = []
+        with torch.no_grad():
+            for _ in range(record["gen_tokens"]):
+                out.append(int(tiny_model(torch.tensor([ids + out])).logits[0, -1].argmax()))
+        assert tiny_tokenizer.decode(out, skip_special_tokens=True) == record["response"]
+
+
+def test_benchmarks_by_name_and_greedy_settings_are_checked():
+    common = {"generator": None, "ks": [1], "verifier": None}
+    with pytest.raises(ValueError, match="temperature=0 \\(greedy\\) with n_samples=4"):
+        Evaluator(benchmarks={"g": {"split": "test", "n_samples": 4, "temperature": 0}}, **common)
+    with pytest.raises(ValueError, match="temperature=-1"):
+        Evaluator(benchmarks={"g": {"split": "test", "temperature": -1}}, **common)
+    with pytest.raises(ValueError, match="eval.benchmarks.g: its `name` key says 'h'"):
+        Evaluator(benchmarks={"g": {"name": "h", "split": "test"}}, **common)
+    with pytest.raises(ValueError, match="empty"):
+        Evaluator(benchmarks={"g": None}, **common)
+
+
 def test_benchmark_metrics_against_plain_counts():
     rows = []
     flags = {"p": [1, 0, 0, 1, 0, 0, 0, 0], "q": [0] * 8, "r": [1] * 8}
@@ -292,7 +327,12 @@ def test_toy_eval_config_instantiates(tmp_path):
     evaluator = instantiate(cfg.eval)
     assert isinstance(evaluator, Evaluator) and isinstance(evaluator.generator, HFGenerator)
     assert (evaluator.generator.temperature, evaluator.generator.top_p) == (0.6, 0.95)
+    assert [(b.name, b.n_samples, b.temperature, b.limit) for b in evaluator.benchmarks] == [
+        ("toy_test_greedy", 1, 0, None), ("toy_test", 8, None, 100)
+    ]
     assert evaluator.benchmarks[0].split == "test" and evaluator.ks == [1, 2, 4, 8]
+    dropped = instantiate(_compose(tmp_path, "toy", ["eval.benchmarks.toy_test_greedy=null"]).eval)
+    assert [b.name for b in dropped.benchmarks] == ["toy_test"]
     assert evaluator.heldout == {"split": "test", "limit": 64}
     vllm_cfg = _compose(tmp_path, "toy", ["generate@eval.generator=vllm"])
     assert vllm_cfg.eval.generator._target_ == "reasonft.generation.vllm.VLLMGenerator"

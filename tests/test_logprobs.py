@@ -22,7 +22,7 @@ def _batch(tok):
 
 
 def test_prompt_mask_exact(tiny_tokenizer):
-    ids, att, labels, exs = _batch(tiny_tokenizer)
+    ids, _att, labels, exs = _batch(tiny_tokenizer)
     for i, e in enumerate(exs):
         p = e["prompt_len"]
         assert (labels[i, :p] == IGNORE_INDEX).all()

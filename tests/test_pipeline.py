@@ -21,8 +21,9 @@ TINY = [
     "generate.n=2",
     "generate.max_new_tokens=40",
     "verify.workers=1",
-    "eval.benchmarks.0.n_samples=2",
-    "eval.benchmarks.0.limit=4",
+    "eval.benchmarks.toy_test.n_samples=2",
+    "eval.benchmarks.toy_test.limit=4",
+    "eval.benchmarks.toy_test_greedy.limit=4",
     "eval.ks=[1,2]",
     "eval.generator.max_new_tokens=40",
     "eval.heldout_entropy.limit=4",
@@ -79,3 +80,36 @@ def test_second_run_reuses_and_changed_selection_reruns_downstream_only(tmp_path
 def test_unknown_stage_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown"):
         Pipeline(_cfg(tmp_path, "stages=[base,traine]"))
+
+
+class _Captured(Exception):
+    """Raised instead of building an artifact: carries the key it would have."""
+
+
+def _key_of(tmp_path, monkeypatch, stage: str) -> str:
+    from reasonft.pipeline.artifacts import content_key
+
+    def capture(name, config, inputs, produce):
+        raise _Captured(name, content_key(config, inputs))
+
+    pipeline = Pipeline(_cfg(tmp_path, "stages=[base,verify,select,train,evaluate,report]"))
+    monkeypatch.setattr(pipeline.store, "build", capture)
+    with pytest.raises(_Captured) as caught:
+        getattr(pipeline, {"base": "base", "verify": "verified"}[stage])
+    assert caught.value.args[0] == stage
+    return caught.value.args[1]
+
+
+def test_code_versions_reach_the_artifact_keys(tmp_path, monkeypatch):
+    """A new toy-student build procedure or toy-world generator must not reuse old artifacts,
+    although the config is unchanged."""
+    from reasonft.data.toy import ToyWorld
+    from reasonft.models import toy
+
+    base, verify = _key_of(tmp_path, monkeypatch, "base"), _key_of(tmp_path, monkeypatch, "verify")
+    assert _key_of(tmp_path, monkeypatch, "base") == base
+    monkeypatch.setattr(toy, "BUILD_VERSION", toy.BUILD_VERSION + 1)
+    assert _key_of(tmp_path, monkeypatch, "base") != base
+    assert _key_of(tmp_path, monkeypatch, "verify") == verify
+    monkeypatch.setattr(ToyWorld, "content_version", ToyWorld.content_version + 1)
+    assert _key_of(tmp_path, monkeypatch, "verify") != verify

@@ -15,7 +15,7 @@ from typing import Any
 from reasonft.config import register_resolvers
 
 __version__ = "0.1.0"
-__all__ = ["is_correct", "pass_at_k", "score", "select", "rank_teachers"]
+__all__ = ["is_correct", "pass_at_k", "rank_teachers", "score", "select"]
 
 _API = {
     "is_correct": "reasonft.verify.verifier",

@@ -62,6 +62,9 @@ class Benchmark:
     n_samples: int = 1
     limit: int | None = None
     on_bad_record: str = "error"
+    # Sampling temperature for this benchmark (null: the generator's); 0 = greedy decoding,
+    # with n_samples 1, so that pass@1 is the greedy accuracy.
+    temperature: float | None = None
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], position: int) -> Benchmark:
@@ -80,11 +83,38 @@ class Benchmark:
             raise ValueError(f"{where}: n_samples={bench.n_samples} must be >= 1")
         if bench.limit is not None and bench.limit < 1:
             raise ValueError(f"{where}: limit={bench.limit} must be >= 1 or null")
+        if bench.temperature is not None:
+            if bench.temperature < 0:
+                raise ValueError(f"{where}: temperature={bench.temperature} must be >= 0 (0 = greedy) or null")
+            if bench.temperature == 0 and bench.n_samples != 1:
+                raise ValueError(
+                    f"{where}: temperature=0 (greedy) with n_samples={bench.n_samples}: every sample "
+                    "would be identical; set n_samples=1"
+                )
         return bench
 
     @property
     def file_stem(self) -> str:
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name)
+
+
+def named_benchmarks(benchmarks: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """Benchmark configs as a list. The config form is a mapping name -> settings, so that one
+    benchmark is changed or dropped by name (`eval.benchmarks.toy_test.n_samples=16`,
+    `eval.benchmarks.toy_test=null`); a list of settings with `name` keys is accepted too."""
+    if benchmarks is None:
+        return []
+    if not isinstance(benchmarks, Mapping):
+        return [dict(b) for b in benchmarks]
+    out = []
+    for name, settings in benchmarks.items():
+        if settings is None:
+            continue
+        settings = dict(settings)
+        if settings.get("name", name) != name:
+            raise ValueError(f"eval.benchmarks.{name}: its `name` key says {settings['name']!r}; drop it (the key is the name)")
+        out.append({**settings, "name": name})
+    return out
 
 
 # -- metrics -------------------------------------------------------------------------------------
@@ -246,7 +276,8 @@ def flat_metrics(results: Mapping[str, Any], prefix: str) -> dict[str, float]:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
                 out[f"{prefix}{name}/{key}"] = float(value)
     for key, value in results["average"].items():
-        out[f"{prefix}average/{key}"] = float(value)
+        if value is not None:
+            out[f"{prefix}average/{key}"] = float(value)
     heldout = results.get("heldout_entropy")
     if heldout and heldout.get("entropy") is not None:
         out[f"{prefix}heldout/entropy"] = float(heldout["entropy"])
@@ -285,9 +316,11 @@ class Evaluator:
     """Sample, verify and measure a model on configured benchmarks.
 
     Args:
-        benchmarks: list of {name, path | split, fields, n_samples, limit, on_bad_record}; a
-            relative `path` is read from `benchmarks_dir`; `fields` default to
-            {"prompt": "problem", "answer": "answer"}; `limit` keeps the first problems.
+        benchmarks: name -> {path | split, fields, n_samples, limit, on_bad_record,
+            temperature} (a null entry is skipped), or a list of those with `name`; a relative `path` is read from `benchmarks_dir`; `fields` default to
+            {"prompt": "problem", "answer": "answer"}; `limit` keeps the first problems;
+            `temperature` replaces the generator's for that benchmark (0 with n_samples 1:
+            greedy accuracy).
         generator: a generation backend (`HFGenerator`, `VLLMGenerator`); its `n` is replaced
             by each benchmark's `n_samples`, its seed by `seed`.
         ks: the k of the unbiased Pass@k (k above a benchmark's n_samples is skipped and noted).
@@ -316,7 +349,7 @@ class Evaluator:
         table_rows: int = 8,
         progress: bool = True,
     ) -> None:
-        benchmarks = _plain(benchmarks)
+        benchmarks = named_benchmarks(_plain(benchmarks))
         if not benchmarks:
             raise ValueError("eval.benchmarks is empty: configure at least one benchmark")
         self.benchmarks = [Benchmark.from_config(b, i) for i, b in enumerate(benchmarks)]
@@ -471,8 +504,9 @@ class Evaluator:
             start = time.perf_counter()
             problems, load_report = self.problems(bench, data_source)
             log.info("evaluate %s: %d problems x %d samples", bench.name, len(problems), bench.n_samples)
+            sampling = {} if bench.temperature is None else {"temperature": bench.temperature}
             samples = self.generator.generate(
-                problems, model, tokenizer, **prompting, n=bench.n_samples, seed=self.seed
+                problems, model, tokenizer, **prompting, n=bench.n_samples, seed=self.seed, **sampling
             )
             generated = time.perf_counter()
             verified, verify_report = self.verifier(samples)

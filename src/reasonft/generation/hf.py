@@ -289,12 +289,15 @@ class HFGenerator:
         *,
         n: int | None = None,
         seed: int | None = None,
+        temperature: float | None = None,
     ) -> datasets.Dataset:
         """Records (prompt_id, prompt, answer, response, source, sample_idx, gen_tokens,
-        finish_reason), n per problem, in problem order. `n`/`seed` override the config."""
+        finish_reason), n per problem, in problem order. `n`/`seed`/`temperature` override the
+        config for this call (temperature 0: greedy)."""
         n = self.n if n is None else int(n)
         seed = self.seed if seed is None else int(seed)
-        check_sampling(n, self.temperature, self.top_p, self.max_new_tokens)
+        temperature = self.temperature if temperature is None else float(temperature)
+        check_sampling(n, temperature, self.top_p, self.max_new_tokens)
         problems = check_problems(problems)
         order = [(row, s) for row in range(len(problems)) for s in range(n)]
         if not order:
@@ -321,7 +324,7 @@ class HFGenerator:
             for begin in range(0, len(rows), self.batch_size):
                 batch = rows[begin : begin + self.batch_size]
                 keys = [sample_seed(seed, prompt_ids[r.problem], r.sample_idx) for r in batch]
-                new = self._generate_batch(model, batch, keys, stop_ids, pad_id)
+                new = self._generate_batch(model, batch, keys, stop_ids, pad_id, temperature)
                 for r, gen in zip(batch, new):
                     response_ids, stopped = cut_at_stop(gen, stop_set)
                     text = tokenizer.decode(response_ids, skip_special_tokens=True)
@@ -351,6 +354,7 @@ class HFGenerator:
         keys: list[int],
         stop_ids: list[int],
         pad_id: int,
+        temperature: float,
     ) -> list[list[int]]:
         """The generated token ids of each row (prompt removed, padding after the stop kept)."""
         device = next(model.parameters()).device
@@ -369,9 +373,9 @@ class HFGenerator:
             pad_token_id=pad_id,
         )
         processors = LogitsProcessorList()
-        if self.temperature > 0:
+        if temperature > 0:
             key_tensor = torch.tensor(keys, dtype=torch.int64, device=device)
-            processors.append(SeededSampler(key_tensor, width, self.temperature, self.top_p))
+            processors.append(SeededSampler(key_tensor, width, temperature, self.top_p))
         out = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),

@@ -199,11 +199,13 @@ class VLLMGenerator:
         *,
         n: int | None = None,
         seed: int | None = None,
+        temperature: float | None = None,
     ) -> datasets.Dataset:
         """As `HFGenerator.generate`; `model` is a checkpoint folder or a model saved in one."""
         n = self.n if n is None else int(n)
         seed = self.seed if seed is None else int(seed)
-        check_sampling(n, self.temperature, self.top_p, self.max_new_tokens)
+        temperature = self.temperature if temperature is None else float(temperature)
+        check_sampling(n, temperature, self.top_p, self.max_new_tokens)
         problems = check_problems(problems)
         path = checkpoint_path(model)
         if isinstance(model, torch.nn.Module):
@@ -220,11 +222,11 @@ class VLLMGenerator:
         model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         stops = stop_token_ids(tokenizer, model_eos, self.extra_stop_tokens)
         prompt_ids = list(problems["prompt_id"])
-        greedy = self.temperature == 0
+        greedy = temperature == 0
         params = [
             vllm.SamplingParams(
                 n=1,
-                temperature=self.temperature,
+                temperature=temperature,
                 top_p=1.0 if greedy else self.top_p,
                 max_tokens=self.max_new_tokens,
                 seed=None if greedy else sample_seed(seed, prompt_ids[row], s),

@@ -1,4 +1,11 @@
-"""Train a small byte-level BPE tokenizer on a corpus and save it as a Hugging Face fast tokenizer."""
+"""Train a small byte-level BPE tokenizer on a corpus and save it as a Hugging Face fast tokenizer.
+
+The tokenizer uses exactly Qwen2's normaliser and pre-tokeniser (NFC, Qwen's split regex, then
+byte-level without its own regex). transformers 5 loads any tokenizer saved beside a Qwen2 model
+config as `Qwen2Tokenizer`, whatever class `tokenizer_config.json` names, and that class rebuilds
+this pipeline from the vocabulary and merges; with the same pipeline from the start, the
+in-memory tokenizer and every reload give the same ids.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +13,17 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 EOS = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 SPECIAL_TOKENS = [EOS, IM_START, IM_END]
+# Qwen2's pre-tokenisation: contractions, letter runs, single digits, punctuation runs, newlines.
+QWEN2_PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 # Qwen2-style chat template, so the toy student and a real Qwen checkpoint build prompts alike.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -23,11 +34,17 @@ CHAT_TEMPLATE = (
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """Byte-level BPE (like Qwen's) trained on `corpus`, with special tokens and chat template."""
+    """Byte-level BPE with Qwen2's pre-tokenisation, trained on `corpus`, with special tokens
+    and chat template."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
@@ -48,12 +65,12 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedT
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | Path) -> None:
     """Save so that `AutoTokenizer.from_pretrained(path)` gives back the same tokenizer.
 
-    transformers 5 may pick a tokenizer class from a model config in the same folder (here a
-    Qwen2 config) and rebuild the pre-tokeniser; naming the class explicitly prevents that.
+    The class is named `Qwen2Tokenizer`: that is what transformers 5 loads beside a Qwen2
+    config anyway, and naming it makes a folder without a model config load the same way.
     """
     path = Path(path)
     tokenizer.save_pretrained(path)
     cfg_file = path / "tokenizer_config.json"
     cfg = json.loads(cfg_file.read_text())
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg["tokenizer_class"] = "Qwen2Tokenizer"
     cfg_file.write_text(json.dumps(cfg, indent=2))

@@ -34,7 +34,7 @@ from reasonft.models.tokenizer import save_tokenizer, train_tokenizer
 from reasonft.scoring.logprobs import token_logprobs
 
 # Bump when the build procedure changes, so that old cached students are not reused.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 BUILD_REPORT = "toy_build.json"
 DEFAULT_STYLE_MIX = {"terse": 0.6, "numbered": 0.3, "verbose": 0.1}
 
@@ -189,7 +189,7 @@ class ToyStudentBuilder:
         num_kv_heads: int = 4,
         intermediate_size: int | None = None,
         vocab_size: int = 600,
-        steps: int = 650,
+        steps: int = 1000,
         lr: float = 3e-3,
         batch_size: int = 32,
         n_pretrain: int = 10000,
@@ -324,10 +324,9 @@ class ToyStudentBuilder:
         """Train the tokenizer, save it beside the Qwen2 config in `folder`, and load it back.
 
         The student is trained with the tokenizer *as loaded* by `AutoTokenizer` from a folder
-        holding a Qwen2 config — the way every later stage loads it. (transformers 5 rebuilds a
-        Qwen2 tokenizer there, with Qwen's own pre-tokenisation, whatever class the tokenizer
-        config names; training on the in-memory tokenizer instead would teach the student ids
-        it never sees again.)
+        holding a Qwen2 config — the way every later stage loads it. (`train_tokenizer` already
+        uses Qwen2's pre-tokenisation, so the ids are the same as in memory; loading it back
+        keeps the student honest should that ever change.)
         """
         folder = Path(folder)
         trained = train_tokenizer(self.world.corpus(), self.vocab_size)

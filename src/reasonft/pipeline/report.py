@@ -12,7 +12,6 @@ from rich.table import Table
 from reasonft.io import write_json, write_text
 from reasonft.pipeline.artifacts import Artifact
 
-
 SHORT = {
     "any_correct": "any",
     "entropy": "H(own)",
@@ -24,24 +23,22 @@ SHOWN = ("pass@1", "any_correct", "entropy", "mean_tokens", "no_answer_share")
 
 
 def _metric_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Rows of (model, benchmark, key metrics); the full set stays in results.json."""
-    columns: list[str] = []
-    rows: list[list[str]] = []
+    """Rows of (model, benchmark, key metrics); the full set stays in results.json.
+    Columns: pass@1, the largest pass@k of any benchmark, then the other metrics in SHOWN order."""
+    found: list[tuple[str, str, dict[str, str]]] = []
     for tag, summary in results.items():
+        heldout = summary.get("heldout_entropy") or {}
         for bench, metrics in summary.get("benchmarks", {}).items():
             ks = sorted(int(k.split("@")[1]) for k in metrics if k.startswith("pass@"))
             shown = ["pass@1", f"pass@{ks[-1]}" if ks and ks[-1] > 1 else None, *SHOWN[1:]]
             row = {k: metrics[k] for k in shown if k and k in metrics}
-            heldout = summary.get("heldout_entropy") or {}
             if "entropy" in heldout:
                 row["heldout_entropy"] = heldout["entropy"]
-            for key in row:
-                if key not in columns:
-                    columns.append(key)
-            flat = flatten_metrics(row)
-            rows.append([tag, bench, *[flat.get(c, "") for c in columns]])
-    width = 2 + len(columns)
-    return columns, [r + [""] * (width - len(r)) for r in rows]
+            found.append((tag, bench, flatten_metrics(row)))
+    present = {key for _, _, flat in found for key in flat}
+    passes = sorted((k for k in present if k.startswith("pass@")), key=lambda k: int(k[5:]))
+    columns = passes + [k for k in (*SHOWN[1:], "heldout_entropy") if k in present]
+    return columns, [[tag, bench, *[flat.get(c, "") for c in columns]] for tag, bench, flat in found]
 
 
 def flatten_metrics(metrics: dict[str, Any]) -> dict[str, str]:
@@ -58,12 +55,34 @@ def flatten_metrics(metrics: dict[str, Any]) -> dict[str, str]:
     return flat
 
 
+def before_after(results: dict[str, Any], metric: str = "pass@1") -> list[str]:
+    """One line per benchmark evaluated before and after fine-tuning: `metric` base -> trained."""
+    base = (results.get("base") or {}).get("benchmarks", {})
+    trained = (results.get("trained") or {}).get("benchmarks", {})
+    lines = []
+    for bench, metrics in trained.items():
+        before, after = base.get(bench, {}).get(metric), metrics.get(metric)
+        if before is None or after is None:
+            continue
+        lines.append(f"{bench} {metric}: base {before:.3f} -> trained {after:.3f} ({after - before:+.3f})")
+    return lines
+
+
 def objective_value(cfg: DictConfig, results: dict[str, Any]) -> float | None:
-    """The sweep objective: `cfg.objective` averaged over benchmarks, trained model if any."""
+    """The sweep objective of the trained model (the base one without training): a metric
+    averaged over benchmarks (`pass@1`) or one benchmark's (`toy_test/pass@1`)."""
     summary = results.get("trained") or results.get("base")
     if not summary:
         return None
-    value = summary.get("average", {}).get(cfg.objective)
+    name = str(cfg.objective)
+    if "/" in name:
+        bench, metric = name.split("/", 1)
+        known = summary.get("benchmarks", {})
+        if bench not in known:
+            raise ValueError(f"objective={name}: no benchmark {bench!r}; evaluated: {sorted(known)}")
+        value = known[bench].get(metric)
+    else:
+        value = summary.get("average", {}).get(name)
     return float(value) if value is not None else None
 
 
@@ -90,16 +109,22 @@ def write_final_report(
         table.add_row(*row)
     if rows:
         console.print(table)
+    changes = before_after(results)
+    for line in changes:
+        console.print(line)
 
     header = ["model", "benchmark", *columns]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
+    if changes:
+        md += ["", *[f"- {line}" for line in changes]]
     write_text("\n".join(md) + "\n", out_dir / "results.md")
     objective = objective_value(cfg, results)
     write_json(
         {
             "task_name": cfg.task_name,
             "objective": {"name": cfg.objective, "value": objective},
+            "before_after": changes,
             "results": results,
             "artifacts": {f"{a.stage}:{a.key}": str(a.path) for a in artifacts},
             "overrides": OmegaConf.to_container(cfg, resolve=False).get("stages"),

@@ -64,6 +64,11 @@ class Pipeline:
     def source(self) -> Any:
         return instantiate(self.cfg.data.source)
 
+    def _data_identity(self) -> dict[str, Any]:
+        """The data config and, for a generated source (the toy world), its generator's version:
+        a new generator makes new records from the same config."""
+        return {"config": self.cfg.data, "version": getattr(self.source, "content_version", None)}
+
     # -- base: the student before fine-tuning ----------------------------------------------------
     @cached_property
     def base(self) -> tuple[str, str]:
@@ -71,10 +76,12 @@ class Pipeline:
         model_cfg = self.cfg.model
         if model_cfg.get("build") is not None:
             builder = instantiate(model_cfg.build)
+            # The builder's folder name hashes what the config cannot show (its code version).
+            identity = {"folder": builder.folder_name()} if hasattr(builder, "folder_name") else {}
             art = self.store.build(
                 "base",
                 model_cfg.build,
-                {},
+                identity,
                 lambda tmp: {"path": builder.build(self.cfg.paths.cache_dir)},
             )
             self._record(art)
@@ -103,7 +110,7 @@ class Pipeline:
     # -- generate: the base student's own samples on the training prompts ------------------------
     @cached_property
     def self_samples(self) -> Artifact:
-        cfg = {"generate": self.cfg.generate, "data": self.cfg.data, "model": self.base[1]}
+        cfg = {"generate": self.cfg.generate, "data": self._data_identity(), "model": self.base[1]}
 
         def produce(tmp: Path) -> dict[str, Any]:
             model, tok = self.base_model
@@ -120,7 +127,7 @@ class Pipeline:
         inputs = {}
         if "generate" in self.cfg.stages:
             inputs["generate"] = self.self_samples.key
-        cfg = {"verify": self.cfg.verify, "data": self.cfg.data}
+        cfg = {"verify": self.cfg.verify, "data": self._data_identity()}
 
         def produce(tmp: Path) -> dict[str, Any]:
             parts = [self.source.teacher_pool("train")]
@@ -220,7 +227,8 @@ class Pipeline:
                 model, tok, tmp, data_source=self.source, tag=tag, **self._prompting()
             )
 
-        art = self._record(self.store.build("evaluate", self.cfg.eval, {"model": model_key}, produce))
+        cfg = {"eval": self.cfg.eval, "data": self._data_identity()}
+        art = self._record(self.store.build("evaluate", cfg, {"model": model_key}, produce))
         return art.meta()["summary"]
 
     def run(self) -> float | None:

@@ -42,6 +42,9 @@ class ToyWorld:
         word_fraction: share of problems phrased as word problems.
     """
 
+    # Seen by the pipeline's artifact keys: records from another generator are other records.
+    content_version = GENERATOR_VERSION
+
     def __init__(
         self,
         seed: int = 0,
