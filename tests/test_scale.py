@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.strategies import FSDPStrategy
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -156,6 +158,44 @@ def test_fsdp_trains_on_one_gpu(tmp_path: Path, tiny_tokenizer: Any, tiny_model:
         cfg, records, copy.deepcopy(tiny_model), tiny_tokenizer, tmp_path / "out"
     )
     assert (Path(model_dir) / "config.json").exists()
+    # the saved weights are the gathered, unflattened parameters, and they were trained
+    from transformers import AutoModelForCausalLM
+
+    saved = dict(AutoModelForCausalLM.from_pretrained(model_dir).named_parameters())
+    initial = dict(tiny_model.named_parameters())
+    assert saved.keys() == initial.keys()
+    assert all(saved[k].shape == initial[k].shape for k in initial)
+    assert any(not torch.equal(saved[k].cpu(), initial[k].cpu()) for k in initial)
+
+
+class _FakeFSDP(FSDPStrategy):
+    """An FSDPStrategy that returns a prepared 'gathered' state dict (no process group)."""
+
+    def __init__(self, state: dict) -> None:
+        self._state = state
+
+    def lightning_module_state_dict(self) -> dict:
+        return self._state
+
+
+class _FakeTrainer:
+    def __init__(self, strategy, rank_zero: bool) -> None:
+        self.strategy, self.is_global_zero = strategy, rank_zero
+
+
+def test_full_state_dict_strips_the_module_prefix_on_rank_zero_only(tiny_model: Any) -> None:
+    from pytorch_lightning.strategies import SingleDeviceStrategy
+
+    from reasonft.training.strategies import full_state_dict
+
+    weights = {k: v.detach().clone() for k, v in tiny_model.state_dict().items()}
+    gathered = {**{f"model.{k}": v for k, v in weights.items()}, "other.buffer": torch.zeros(1)}
+    on_zero = full_state_dict(_FakeTrainer(_FakeFSDP(gathered), True), tiny_model)
+    assert on_zero.keys() == weights.keys()
+    assert all(torch.equal(on_zero[k], weights[k]) for k in weights)
+    assert full_state_dict(_FakeTrainer(_FakeFSDP(gathered), False), tiny_model) is None
+    plain = SingleDeviceStrategy(device=torch.device("cpu"))
+    assert full_state_dict(_FakeTrainer(plain, True), tiny_model) is None  # nothing sharded
 
 
 # ---- launchers ------------------------------------------------------------------------------

@@ -187,3 +187,30 @@ def check_strategy(node: DictConfig | dict[str, Any] | None) -> None:
         require_deepspeed()
     if node.get("layer_classes") is not None:
         module_classes(list(node["layer_classes"]))
+
+
+def full_state_dict(trainer: pl.Trainer, model: nn.Module, attribute: str = "model") -> dict[str, Any] | None:
+    """The student's whole, unsharded state dict for saving, or None to save `model` as it is.
+
+    With sharded parameters (FSDP, DeepSpeed ZeRO-3) each rank holds a slice, so
+    `model.save_pretrained` on rank 0 would write flattened or empty tensors. This gathers the
+    full tensors onto rank 0 (on CPU). It is a collective call: every rank must make it. Returns
+    the state dict on rank 0 and None elsewhere; None on every rank when nothing is sharded.
+    `attribute` is the student's attribute name in the LightningModule.
+    """
+    strategy = trainer.strategy
+    if isinstance(strategy, FSDPStrategy):
+        # Lightning's FSDP default (state_dict_type="full") gathers to rank 0, offloaded to CPU.
+        state = strategy.lightning_module_state_dict()
+        if not trainer.is_global_zero:
+            return None
+        prefix = f"{attribute}."
+        return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            if trainer.is_global_zero:
+                return {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
+        return None
+    return None

@@ -34,6 +34,7 @@ from reasonft.models.tokenizer import save_tokenizer
 from reasonft.training.datamodule import RecordsDataModule
 from reasonft.training.module import StudentModule
 from reasonft.training.sampler import accumulation_steps
+from reasonft.training.strategies import full_state_dict
 
 
 def build_strategy(node: DictConfig | None) -> Strategy | str:
@@ -84,10 +85,11 @@ def build_trainer(cfg: DictConfig) -> tuple[pl.Trainer, list[str]]:
     return trainer, skipped
 
 
-def save_student(model: Any, tokenizer: Any, path: Path) -> None:
-    """`save_pretrained` of model and tokenizer into `path`, atomically."""
+def save_student(model: Any, tokenizer: Any, path: Path, state_dict: dict[str, Any] | None = None) -> None:
+    """`save_pretrained` of model (with `state_dict` when given: the gathered full weights of a
+    sharded model) and tokenizer into `path`, atomically."""
     with atomic_path(path) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         if type(tokenizer) is PreTrainedTokenizerFast:
             save_tokenizer(tokenizer, tmp)
         else:
@@ -141,8 +143,9 @@ def train_student(
 
     out_dir = Path(out_dir)
     model_dir = out_dir / "model"
+    gathered = full_state_dict(trainer, model)  # collective: every rank takes part
     if trainer.is_global_zero:
-        save_student(model, tokenizer, model_dir)
+        save_student(model, tokenizer, model_dir, state_dict=gathered)
         report = {
             "data": datamodule.report,
             "world_size": trainer.world_size,
