@@ -69,3 +69,31 @@ def test_killed_process_leaves_no_complete_artifact(tmp_path):
     art = store.build("score", {}, {}, lambda d: (d / "records.parquet").write_text("full") and None)
     assert not art.reused and (art.path / "records.parquet").read_text() == "full"
     assert time.perf_counter() - start < 5
+
+
+def test_concurrent_builders_build_once_and_the_others_wait(tmp_path):
+    """Two processes asking for the same artifact (tasks of one Slurm job, parallel sweep jobs):
+    one builds it, the other waits for it and reuses it — nothing is built twice or replaced."""
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        from reasonft.pipeline.artifacts import ArtifactStore
+        def produce(d):
+            with open({str(tmp_path / "calls.txt")!r}, "a") as f:
+                f.write(sys.argv[1] + "\\n")
+            print("building", flush=True)
+            time.sleep(2)
+            (d / "records.parquet").write_text(sys.argv[1])
+        art = ArtifactStore({str(tmp_path / "store")!r}).build("base", {{"n": 1}}, {{}}, produce)
+        print("reused" if art.reused else "built", (art.path / "records.parquet").read_text(), flush=True)
+        """
+    )
+    first = subprocess.Popen([sys.executable, "-c", script, "first"], stdout=subprocess.PIPE, text=True)
+    assert first.stdout.readline().strip() == "building"
+    second = subprocess.Popen([sys.executable, "-c", script, "second"], stdout=subprocess.PIPE, text=True)
+    out_first, _ = first.communicate(timeout=60)
+    out_second, _ = second.communicate(timeout=60)
+    assert out_first.strip() == "built first"
+    assert out_second.strip() == "reused first"
+    assert (tmp_path / "calls.txt").read_text() == "first\n"

@@ -3,21 +3,29 @@
 A stage's artifact lives in `<artifacts_dir>/<stage>/<key>/`, where the key hashes the stage's
 config and its inputs' keys. The folder is built under a temporary name and renamed when
 complete, so an existing folder is always a finished artifact and is reused as is.
+
+Processes that need the same artifact at once (the tasks of a multi-task Slurm job, parallel
+sweep jobs sharing a base student) take a lock file beside it: the first builds, the others
+wait and then reuse its result, instead of building it again and replacing it under a reader.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from reasonft.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 META_FILE = "artifact.json"
 
@@ -69,6 +77,29 @@ class ArtifactStore:
         final = self.path(stage, key)
         if (final / META_FILE).exists():
             return Artifact(stage, key, final, reused=True, seconds=0.0)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(final.parent / f".{key}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("%s/%s is being built by another process; waiting for it", stage, key)
+            lock.acquire()
+        try:
+            if (final / META_FILE).exists():  # built while this process waited
+                return Artifact(stage, key, final, reused=True, seconds=0.0)
+            return self._produce(stage, key, final, config, inputs, produce)
+        finally:
+            lock.release()
+
+    def _produce(
+        self,
+        stage: str,
+        key: str,
+        final: Path,
+        config: Any,
+        inputs: dict[str, str],
+        produce: Callable[[Path], dict[str, Any] | None],
+    ) -> Artifact:
         start = time.perf_counter()
         with atomic_path(final) as tmp:
             tmp.mkdir(parents=True)
