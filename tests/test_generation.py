@@ -129,6 +129,17 @@ def test_greedy_equals_naive_argmax_loop(tiny_model, tiny_tokenizer):
         assert r["response"] == tiny_tokenizer.decode(new, skip_special_tokens=True)
 
 
+def test_temperature_per_call_and_answer_alternatives_carried(tiny_model, tiny_tokenizer):
+    greedy = _gen(n=1, temperature=0.0, top_p=1.0).generate(PROBLEMS, tiny_model, tiny_tokenizer)
+    overridden = _gen(n=1).generate(PROBLEMS, tiny_model, tiny_tokenizer, temperature=0)
+    assert overridden["response"] == greedy["response"]
+    with pytest.raises(ValueError, match="greedy"):
+        _gen(n=2).generate(PROBLEMS, tiny_model, tiny_tokenizer, temperature=0)
+    problems = [{**p, "answer_alternatives": [f"alt-{i}"]} for i, p in enumerate(PROBLEMS)]
+    out = _gen(n=2).generate(problems, tiny_model, tiny_tokenizer)
+    assert out["answer_alternatives"] == [[f"alt-{i}"] for i in range(len(PROBLEMS)) for _ in range(2)]
+
+
 def test_sampler_draws_from_the_tempered_nucleus():
     """Empirical token frequencies over many sample keys match softmax(l/T) on the top-p set."""
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])

@@ -99,7 +99,8 @@ def test_every_benchmark_file_loads(name):
     assert len(ds) == BENCHMARK_SIZES[name]
     assert report.loaded == report.records_read == len(ds)
     assert report.skipped == 0
-    assert ds.column_names == ["prompt_id", "prompt", "answer"]
+    extra = ["answer_alternatives"] if report.answers_with_alternatives else []
+    assert ds.column_names == ["prompt_id", "prompt", "answer", *extra]
     stem = Path(name).stem
     assert ds["prompt_id"] == [f"{stem}-{i}" for i in range(len(ds))]
     for answer in ds["answer"]:
@@ -120,12 +121,23 @@ def test_spot_checked_items(name, index, problem_start, answer):
 
 
 @needs_shared(BENCHMARKS)
-def test_minerva_alternatives_are_counted():
+def test_minerva_alternatives_are_kept_and_counted():
     raw = json.loads((BENCHMARKS / "minerva.json").read_text())
-    with_alternatives = sum(len({a.strip() for a in r["answer"] if a.strip()}) > 1 for r in raw)
-    _, report = load_records(BENCHMARKS / "minerva.json", BENCHMARK_FIELDS["minerva.json"])
+    ds, report = load_records(BENCHMARKS / "minerva.json", BENCHMARK_FIELDS["minerva.json"])
+    with_alternatives = 0
+    for item, record in zip(raw, ds, strict=True):
+        forms = list(dict.fromkeys(a.strip() for a in item["answer"] if a.strip()))
+        assert record["answer"] == forms[0]
+        assert record["answer_alternatives"] == forms[1:]
+        with_alternatives += len(forms) > 1
     assert with_alternatives > 0
     assert report.answers_with_alternatives == with_alternatives
+
+
+@needs_shared(BENCHMARKS)
+def test_files_without_list_answers_get_no_alternatives_column():
+    ds, report = load_records(BENCHMARKS / "aime.json", BENCHMARK_FIELDS["aime.json"])
+    assert "answer_alternatives" not in ds.column_names and report.answers_with_alternatives == 0
 
 
 @needs_shared(BENCHMARKS)
@@ -327,14 +339,14 @@ def test_field_paths_both_spellings():
 @pytest.mark.parametrize(
     ("raw", "expected", "alternatives"),
     [
-        (["9.6\n"], "9.6", 0),
-        (["4", "4\n"], "4", 0),
-        (["0.01\n", "0.02\n"], "0.01", 1),
-        (142.0, "142", 0),
-        (0.5, "0.5", 0),
-        (-3, "-3", 0),
-        ("  \\frac{1}{2}\n", "\\frac{1}{2}", 0),
-        (1e20, "100000000000000000000", 0),
+        (["9.6\n"], "9.6", ()),
+        (["4", "4\n"], "4", ()),
+        (["0.01\n", "0.02\n", "0.01"], "0.01", ("0.02",)),
+        (142.0, "142", ()),
+        (0.5, "0.5", ()),
+        (-3, "-3", ()),
+        ("  \\frac{1}{2}\n", "\\frac{1}{2}", ()),
+        (1e20, "100000000000000000000", ()),
     ],
 )
 def test_answer_normalisation(raw, expected, alternatives):

@@ -122,6 +122,22 @@ def test_verifier_columns_statuses_and_report():
     assert report["examples"][0]["prompt_id"] == "e"
 
 
+def test_any_accepted_form_of_the_gold_answer_counts():
+    """Records with `answer_alternatives` (Minerva's answer lists): a prediction matching any
+    accepted form is correct; one matching none keeps the first form's status."""
+    records = [
+        {"prompt_id": "a", "response": r1_response("0.02"), "answer": "0.01", "answer_alternatives": ["0.02"]},
+        {"prompt_id": "b", "response": r1_response("0.01"), "answer": "0.01", "answer_alternatives": ["0.02"]},
+        {"prompt_id": "c", "response": r1_response("0.03"), "answer": "0.01", "answer_alternatives": ["0.02", " "]},
+        {"prompt_id": "d", "response": r1_response("6630"), "answer": "6630.65", "answer_alternatives": []},
+        {"prompt_id": "e", "response": "no box", "answer": "1", "answer_alternatives": ["2"]},
+    ]
+    out, report = Verifier(timeout=30.0, workers=2, show_progress=False)(records)
+    assert [r["verify_status"] for r in out] == ["correct", "correct", "incorrect", "incorrect", "no_answer"]
+    assert report["correct_by_alternative_answer"] == 1
+    assert out[0]["answer_alternatives"] == ["0.02"]  # the column is kept as it was
+
+
 def test_verifier_refuses_bad_input():
     with pytest.raises(ValueError, match="lack column"):
         Verifier(show_progress=False)([{"response": "x"}])

@@ -155,6 +155,7 @@ def _cfg(tmp_path: Path, task_name: str, logger: str = "wandb") -> Any:
         "trainer.max_steps=3",
         "train.micro_batch_size=2",
         "train.global_batch_size=2",
+        "train.ul_per_global_batch=1",
         "train.max_length=64",
         "train.prompt_suffix=",
         "train.chat_template=false",

@@ -120,19 +120,24 @@ def message_content(value: Any, role: str) -> str:
 
 @dataclass(frozen=True)
 class Answer:
-    """A normalised gold answer; `alternatives` counts the distinct extra forms a list offered."""
+    """A normalised gold answer: `text`, and every distinct accepted form (`text` first)."""
 
     text: str
-    alternatives: int = 0
+    forms: tuple[str, ...] = ()
+
+    @property
+    def alternatives(self) -> tuple[str, ...]:
+        """The accepted forms other than `text`."""
+        return tuple(f for f in self.forms if f != self.text)
 
 
 def normalize_answer(value: Any) -> Answer:
     """One answer string from a string, a number or a list of accepted forms.
 
     Strings are stripped; integral numbers lose their `.0` (142.0 -> "142"); other floats keep
-    their shortest exact form (0.5 -> "0.5"). A list (Minerva: ["9.6\\n"]) gives its first
-    non-empty element; further distinct forms are counted in `alternatives` so the loader can
-    report them (the record schema holds one answer).
+    their shortest exact form (0.5 -> "0.5"). A list of accepted forms (Minerva: ["0.01\\n",
+    "0.02\\n"]) gives its first non-empty element as `text` and the other distinct ones as
+    `alternatives` (a prediction matching any of them is correct).
     """
     if isinstance(value, bool):
         raise FieldError(f"answer is a boolean ({value}); expected text or a number")
@@ -140,13 +145,14 @@ def normalize_answer(value: Any) -> Answer:
         text = value.strip()
         if not text:
             raise FieldError("answer is empty")
-        return Answer(text)
+        return Answer(text, (text,))
     if isinstance(value, int):
-        return Answer(str(value))
+        return Answer(str(value), (str(value),))
     if isinstance(value, float):
         if not math.isfinite(value):
             raise FieldError(f"answer is {value}; expected a finite number")
-        return Answer(str(int(value)) if value.is_integer() else repr(value))
+        text = str(int(value)) if value.is_integer() else repr(value)
+        return Answer(text, (text,))
     if isinstance(value, Sequence) and not isinstance(value, bytes):
         forms: list[str] = []
         for item in value:
@@ -159,7 +165,7 @@ def normalize_answer(value: Any) -> Answer:
                 forms.append(text)
         if not forms:
             raise FieldError(f"answer list {_short(value)} has no non-empty element")
-        return Answer(forms[0], alternatives=len(forms) - 1)
+        return Answer(forms[0], tuple(forms))
     raise FieldError(f"answer is a {type(value).__name__}; expected text, a number or a list")
 
 

@@ -40,6 +40,8 @@ FEATURES = {
     "sample_idx": datasets.Value("int64"),
 }
 COLUMN_ORDER = tuple(FEATURES)
+# Other accepted forms of the gold answer, added only when a file's answers offer some.
+ALTERNATIVES = "answer_alternatives"
 _CHUNK_ROWS = 10_000
 _KEPT_REASONS = 10
 
@@ -64,7 +66,8 @@ class LoadReport:
     skipped: int = 0
     skip_reasons: list[str] = field(default_factory=list)
     blank_lines: int = 0
-    # List answers with several distinct forms: the first is kept (see fields.normalize_answer).
+    # List answers with several distinct forms: the first is `answer`, the others are kept in
+    # `answer_alternatives` (see fields.normalize_answer).
     answers_with_alternatives: int = 0
     # Prompts that did not end with `strip_suffix` and were kept whole.
     suffix_missing: int = 0
@@ -126,6 +129,7 @@ def load_records(
     converter = _RowConverter(path, paths, defaults, strip_suffix, report)
     chunks: list[datasets.Dataset] = []
     rows: dict[str, list[Any]] = {c: [] for c in columns}
+    alternatives: list[list[str]] = []
     features = datasets.Features({c: FEATURES[c] for c in columns})
 
     # closing(): an error mid-file closes the reader (and its progress bar) at once.
@@ -141,6 +145,7 @@ def load_records(
                 continue
             for c in columns:
                 rows[c].append(row[c])
+            alternatives.append(row.get(ALTERNATIVES, []))
             report.loaded += 1
             if len(rows["prompt"]) >= _CHUNK_ROWS:
                 chunks.append(datasets.Dataset.from_dict(rows, features=features))
@@ -154,6 +159,8 @@ def load_records(
             f"{path}: no record could be loaded ({report.records_read} read): {reasons}"
         )
     dataset = chunks[0] if len(chunks) == 1 else datasets.concatenate_datasets(chunks)
+    if report.answers_with_alternatives:
+        dataset = dataset.add_column(ALTERNATIVES, alternatives, feature=datasets.List(datasets.Value("string")))
     return dataset, report
 
 
@@ -194,8 +201,9 @@ class _RowConverter:
             try:
                 if column == "answer":
                     answer = normalize_answer(value)
-                    has_alternatives = answer.alternatives > 0
+                    has_alternatives = bool(answer.alternatives)
                     row[column] = answer.text
+                    row[ALTERNATIVES] = list(answer.alternatives)
                 else:
                     row[column] = normalize_value(column, value)
             except FieldError as error:

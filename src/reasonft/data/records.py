@@ -11,8 +11,8 @@ import datasets
 
 # Written by the loaders (and by `generate` for student samples).
 BASE_COLUMNS = ("prompt_id", "prompt", "answer", "response", "source")
-# Optional on input.
-OPTIONAL_COLUMNS = ("steps", "sample_idx")
+# Optional on input (answer_alternatives: other accepted forms of the gold answer).
+OPTIONAL_COLUMNS = ("steps", "sample_idx", "answer_alternatives")
 # Added by later stages, in order: verify, score, select.
 VERIFY_COLUMNS = ("correct", "pred_answer", "verify_status")
 SCORE_COLUMNS = ("n_tokens", "ppl", "galp", "lalp", "step_logps", "score_conditioning")

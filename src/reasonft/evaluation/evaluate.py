@@ -424,7 +424,7 @@ class Evaluator:
                 )
             ds = as_dataset(data_source.problems(bench.split))
             load_report = {"split": bench.split, "loaded": len(ds)}
-        ds = ds.select_columns(["prompt_id", "prompt", "answer"])
+        ds = ds.select_columns([c for c in ("prompt_id", "prompt", "answer", "answer_alternatives") if c in ds.column_names])
         if bench.limit is not None and bench.limit < len(ds):
             ds = ds.select(range(bench.limit))
         load_report["evaluated"] = len(ds)

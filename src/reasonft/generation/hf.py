@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _MASK32 = 0xFFFFFFFF
 PROBLEM_COLUMNS = ("prompt_id", "prompt", "answer")
+CARRIED_COLUMNS = ("answer_alternatives",)
 
 
 # -- shared by the backends --------------------------------------------------------------------
@@ -122,16 +123,16 @@ def sample_records(
     outputs: dict[tuple[int, int], tuple[str, int, str]],
     source: str,
 ) -> datasets.Dataset:
-    """Records in problem order then sample order; `outputs[(row, s)] = (text, tokens, reason)`."""
-    columns = {c: list(problems[c]) for c in PROBLEM_COLUMNS}
+    """Records in problem order then sample order; `outputs[(row, s)] = (text, tokens, reason)`.
+    The problems' other accepted answer forms (`answer_alternatives`) go along when present."""
+    carried = [*PROBLEM_COLUMNS, *[c for c in CARRIED_COLUMNS if c in problems.column_names]]
+    columns = {c: list(problems[c]) for c in carried}
     rows = []
     for row, s in order:
         text, n_tokens, reason = outputs[(row, s)]
         rows.append(
             {
-                "prompt_id": columns["prompt_id"][row],
-                "prompt": columns["prompt"][row],
-                "answer": columns["answer"][row],
+                **{c: columns[c][row] for c in carried},
                 "response": text,
                 "source": source,
                 "sample_idx": s,

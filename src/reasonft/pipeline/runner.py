@@ -133,7 +133,11 @@ class Pipeline:
             parts = [self.source.teacher_pool("train")]
             if "generate" in inputs:
                 parts.append(read_records(self.self_samples.path / RECORDS))
-            pool = datasets.concatenate_datasets([_common_columns(p) for p in parts]) if len(parts) > 1 else parts[0]
+            alternatives = any("answer_alternatives" in p.column_names for p in parts)
+            pool = (
+                datasets.concatenate_datasets([_common_columns(p, alternatives) for p in parts])
+                if len(parts) > 1 else parts[0]
+            )
             verified, report = instantiate(self.cfg.verify)(pool)
             write_records(verified, tmp / RECORDS)
             write_json(report, tmp / "report.json")
@@ -262,15 +266,23 @@ class Pipeline:
         return None
 
 
-def _common_columns(ds: datasets.Dataset) -> datasets.Dataset:
-    """Teacher and self records share the base schema; keep the columns both can have."""
+def _common_columns(ds: datasets.Dataset, alternatives: bool = False) -> datasets.Dataset:
+    """Teacher and self records share the base schema; keep the columns both can have
+    (`answer_alternatives` too when either part has it)."""
     keep = ["prompt_id", "prompt", "answer", "response", "source", "steps", "sample_idx"]
+    if alternatives:
+        keep.append("answer_alternatives")
     ds = ds.select_columns([c for c in keep if c in ds.column_names])
     if "steps" not in ds.column_names:
         ds = ds.add_column("steps", [None] * len(ds))
     if "sample_idx" not in ds.column_names:
         ds = ds.add_column("sample_idx", [0] * len(ds))
-    return ds
+    if alternatives and "answer_alternatives" not in ds.column_names:
+        ds = ds.add_column(
+            "answer_alternatives", [[] for _ in range(len(ds))],
+            feature=datasets.List(datasets.Value("string")),
+        )
+    return ds.select_columns(keep)
 
 
 def _without(node: DictConfig, *keys: str) -> dict[str, Any]:

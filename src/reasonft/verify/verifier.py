@@ -41,6 +41,8 @@ from rich.progress import (
 from reasonft.data.records import VERIFY_COLUMNS, as_dataset, like_input, require_columns
 from reasonft.verify.extract import extract_answer
 
+ALTERNATIVES = "answer_alternatives"
+
 STATUSES = ("correct", "incorrect", "no_answer", "timeout", "error")
 DEFAULT_VERIFY_FN = "reasonft.verify.verifier.math_equal"
 _STARTUP_LIMIT_S = 120.0
@@ -160,7 +162,7 @@ class _Worker:
     process: Any
     conn: Connection
     ready: bool = False
-    item: int | None = None
+    item: Any = None
     deadline: float = math.inf
     started: float = 0.0
 
@@ -205,10 +207,10 @@ class _Pool:
                 worker.process.join(timeout=10)
             worker.conn.close()
 
-    def run(self, items: Iterator[tuple[int, str, str]]) -> Iterator[tuple[int, str, str]]:
-        """Yield (index, status, message) for every item, in completion order."""
+    def run(self, items: Iterator[tuple[Any, str, str]]) -> Iterator[tuple[Any, str, str]]:
+        """Yield (id, status, message) for every (id, pred, gold) item, in completion order."""
         pending = iter(items)
-        retry: list[tuple[int, str, str]] = []  # items whose idle worker had died unseen
+        retry: list[tuple[Any, str, str]] = []  # items whose idle worker had died unseen
         exhausted = False
         while True:
             now = time.monotonic()
@@ -249,7 +251,7 @@ class _Pool:
                         f"verify worker did not start within {_STARTUP_LIMIT_S:.0f}s"
                     )
 
-    def _receive(self, worker: _Worker) -> Iterator[tuple[int, str, str]]:
+    def _receive(self, worker: _Worker) -> Iterator[tuple[Any, str, str]]:
         try:
             message = worker.conn.recv()
         except (EOFError, OSError):
@@ -339,34 +341,50 @@ class Verifier:
             else:
                 to_compare.append(index)
 
+        # One comparison per accepted form of the gold answer (records may carry
+        # `answer_alternatives`); a record is correct when any form matches, else it keeps the
+        # status of its first form.
+        alternatives = ds[ALTERNATIVES] if ALTERNATIVES in ds.column_names else None
+        comparisons = [
+            ((i, k), preds[i], form)
+            for i in to_compare
+            for k, form in enumerate(_forms(golds[i], alternatives[i] if alternatives else None))
+        ]
+        results: dict[int, dict[int, tuple[str, str]]] = defaultdict(dict)
         replaced = 0
         with _progress(self.show_progress) as bar:
-            task = bar.add_task("verify", total=n)
+            task = bar.add_task("verify", total=n - len(to_compare) + len(comparisons))
             bar.advance(task, n - len(to_compare))
-            if to_compare:
+            if comparisons:
                 pool = _Pool(
-                    min(self.workers, len(to_compare)),
+                    min(self.workers, len(comparisons)),
                     self.verify_fn,
                     self.start_method,
                     self.timeout,
                 )
                 try:
-                    for index, status, note in pool.run(
-                        (i, preds[i], golds[i]) for i in to_compare
-                    ):
-                        statuses[index] = status
-                        if note:
-                            notes[index] = note
+                    for (index, k), status, note in pool.run(iter(comparisons)):
+                        results[index][k] = (status, note)
                         bar.advance(task)
                 finally:
                     pool.close()
                 replaced = pool.replaced
+        by_alternative = 0
+        for index, forms in results.items():
+            status, note = forms[0]
+            if status != "correct" and any(s == "correct" for s, _ in forms.values()):
+                status, note = "correct", ""
+                by_alternative += 1
+            statuses[index] = status
+            if note:
+                notes[index] = note
 
         correct = [s == "correct" for s in statuses]
         out = ds.add_column("correct", correct, feature=datasets.Value("bool"))
         out = out.add_column("pred_answer", preds, feature=datasets.Value("string"))
         out = out.add_column("verify_status", statuses, feature=datasets.Value("string"))
         report = self._report(ds, statuses, notes, replaced, time.monotonic() - started)
+        report["correct_by_alternative_answer"] = by_alternative
         return like_input(out, records), report
 
     def _report(
@@ -403,6 +421,16 @@ class Verifier:
             "verify_fn": self.verify_fn,
             "seconds": round(seconds, 3),
         }
+
+
+def _forms(gold: str, alternatives: list[str] | None) -> list[str]:
+    """The gold answer, then its other accepted forms (stripped, non-empty, distinct)."""
+    forms = [gold]
+    for form in alternatives or []:
+        form = str(form).strip() if form is not None else ""
+        if form and form not in forms:
+            forms.append(form)
+    return forms
 
 
 def _pairs(ds: datasets.Dataset) -> Iterator[tuple[Any, Any]]:
