@@ -27,6 +27,7 @@ from reasonft.data.fields import (
     normalize_value,
     parse_mapping,
 )
+from reasonft.data.records import ANSWER_ALTERNATIVES
 
 OnBadRecord = Literal["error", "skip"]
 SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -40,8 +41,6 @@ FEATURES = {
     "sample_idx": datasets.Value("int64"),
 }
 COLUMN_ORDER = tuple(FEATURES)
-# Other accepted forms of the gold answer, added only when a file's answers offer some.
-ALTERNATIVES = "answer_alternatives"
 _CHUNK_ROWS = 10_000
 _KEPT_REASONS = 10
 
@@ -145,7 +144,7 @@ def load_records(
                 continue
             for c in columns:
                 rows[c].append(row[c])
-            alternatives.append(row.get(ALTERNATIVES, []))
+            alternatives.append(row.get(ANSWER_ALTERNATIVES, []))
             report.loaded += 1
             if len(rows["prompt"]) >= _CHUNK_ROWS:
                 chunks.append(datasets.Dataset.from_dict(rows, features=features))
@@ -160,7 +159,7 @@ def load_records(
         )
     dataset = chunks[0] if len(chunks) == 1 else datasets.concatenate_datasets(chunks)
     if report.answers_with_alternatives:
-        dataset = dataset.add_column(ALTERNATIVES, alternatives, feature=datasets.List(datasets.Value("string")))
+        dataset = dataset.add_column(ANSWER_ALTERNATIVES, alternatives, feature=datasets.List(datasets.Value("string")))
     return dataset, report
 
 
@@ -203,7 +202,7 @@ class _RowConverter:
                     answer = normalize_answer(value)
                     has_alternatives = bool(answer.alternatives)
                     row[column] = answer.text
-                    row[ALTERNATIVES] = list(answer.alternatives)
+                    row[ANSWER_ALTERNATIVES] = list(answer.alternatives)
                 else:
                     row[column] = normalize_value(column, value)
             except FieldError as error:

@@ -11,8 +11,10 @@ import datasets
 
 # Written by the loaders (and by `generate` for student samples).
 BASE_COLUMNS = ("prompt_id", "prompt", "answer", "response", "source")
-# Optional on input (answer_alternatives: other accepted forms of the gold answer).
-OPTIONAL_COLUMNS = ("steps", "sample_idx", "answer_alternatives")
+# Other accepted forms of the gold answer (a list of strings), where the data offers some.
+ANSWER_ALTERNATIVES = "answer_alternatives"
+# Optional on input.
+OPTIONAL_COLUMNS = ("steps", "sample_idx", ANSWER_ALTERNATIVES)
 # Added by later stages, in order: verify, score, select.
 VERIFY_COLUMNS = ("correct", "pred_answer", "verify_status")
 SCORE_COLUMNS = ("n_tokens", "ppl", "galp", "lalp", "step_logps", "score_conditioning")

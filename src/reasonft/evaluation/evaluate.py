@@ -25,7 +25,7 @@ import datasets
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from reasonft.data.records import as_dataset, require_columns
+from reasonft.data.records import ANSWER_ALTERNATIVES, as_dataset, require_columns
 from reasonft.evaluation.entropy import policy_entropy
 from reasonft.evaluation.passk import counts_by_prompt, pass_at_k_table
 from reasonft.io import write_json, write_records, write_text
@@ -33,6 +33,8 @@ from reasonft.io import write_json, write_records, write_text
 log = logging.getLogger(__name__)
 
 DEFAULT_FIELDS = {"prompt": "problem", "answer": "answer"}
+# What a benchmark's problems keep: other accepted answer forms too, for the verifier.
+PROBLEM_COLUMNS = ("prompt_id", "prompt", "answer", ANSWER_ALTERNATIVES)
 RESULTS_JSON = "eval_results.json"
 RESULTS_MD = "eval_results.md"
 PASSK_PNG = "pass_at_k.png"
@@ -317,10 +319,10 @@ class Evaluator:
 
     Args:
         benchmarks: name -> {path | split, fields, n_samples, limit, on_bad_record,
-            temperature} (a null entry is skipped), or a list of those with `name`; a relative `path` is read from `benchmarks_dir`; `fields` default to
-            {"prompt": "problem", "answer": "answer"}; `limit` keeps the first problems;
-            `temperature` replaces the generator's for that benchmark (0 with n_samples 1:
-            greedy accuracy).
+            temperature} (a null entry is skipped), or a list of those with `name`; a relative
+            `path` is read from `benchmarks_dir`; `fields` default to {"prompt": "problem",
+            "answer": "answer"}; `limit` keeps the first problems; `temperature` replaces the
+            generator's for that benchmark (0 with n_samples 1: greedy accuracy).
         generator: a generation backend (`HFGenerator`, `VLLMGenerator`); its `n` is replaced
             by each benchmark's `n_samples`, its seed by `seed`.
         ks: the k of the unbiased Pass@k (k above a benchmark's n_samples is skipped and noted).
@@ -424,7 +426,7 @@ class Evaluator:
                 )
             ds = as_dataset(data_source.problems(bench.split))
             load_report = {"split": bench.split, "loaded": len(ds)}
-        ds = ds.select_columns([c for c in ("prompt_id", "prompt", "answer", "answer_alternatives") if c in ds.column_names])
+        ds = ds.select_columns([c for c in PROBLEM_COLUMNS if c in ds.column_names])
         if bench.limit is not None and bench.limit < len(ds):
             ds = ds.select(range(bench.limit))
         load_report["evaluated"] = len(ds)

@@ -34,13 +34,13 @@ from torch import Tensor
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
 
 from reasonft.data.prompts import build_prompt
-from reasonft.data.records import as_dataset, require_columns
+from reasonft.data.records import ANSWER_ALTERNATIVES, as_dataset, require_columns
 
 log = logging.getLogger(__name__)
 
 _MASK32 = 0xFFFFFFFF
 PROBLEM_COLUMNS = ("prompt_id", "prompt", "answer")
-CARRIED_COLUMNS = ("answer_alternatives",)
+CARRIED_COLUMNS = (ANSWER_ALTERNATIVES,)
 
 
 # -- shared by the backends --------------------------------------------------------------------

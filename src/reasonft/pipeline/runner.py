@@ -17,6 +17,7 @@ import datasets
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from reasonft.data.records import ANSWER_ALTERNATIVES
 from reasonft.io import read_records, write_json, write_records
 from reasonft.pipeline.artifacts import Artifact, ArtifactStore, content_key
 from reasonft.pipeline.report import write_final_report
@@ -133,7 +134,7 @@ class Pipeline:
             parts = [self.source.teacher_pool("train")]
             if "generate" in inputs:
                 parts.append(read_records(self.self_samples.path / RECORDS))
-            alternatives = any("answer_alternatives" in p.column_names for p in parts)
+            alternatives = any(ANSWER_ALTERNATIVES in p.column_names for p in parts)
             pool = (
                 datasets.concatenate_datasets([_common_columns(p, alternatives) for p in parts])
                 if len(parts) > 1 else parts[0]
@@ -271,15 +272,15 @@ def _common_columns(ds: datasets.Dataset, alternatives: bool = False) -> dataset
     (`answer_alternatives` too when either part has it)."""
     keep = ["prompt_id", "prompt", "answer", "response", "source", "steps", "sample_idx"]
     if alternatives:
-        keep.append("answer_alternatives")
+        keep.append(ANSWER_ALTERNATIVES)
     ds = ds.select_columns([c for c in keep if c in ds.column_names])
     if "steps" not in ds.column_names:
         ds = ds.add_column("steps", [None] * len(ds))
     if "sample_idx" not in ds.column_names:
         ds = ds.add_column("sample_idx", [0] * len(ds))
-    if alternatives and "answer_alternatives" not in ds.column_names:
+    if alternatives and ANSWER_ALTERNATIVES not in ds.column_names:
         ds = ds.add_column(
-            "answer_alternatives", [[] for _ in range(len(ds))],
+            ANSWER_ALTERNATIVES, [[] for _ in range(len(ds))],
             feature=datasets.List(datasets.Value("string")),
         )
     return ds.select_columns(keep)

@@ -38,10 +38,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from reasonft.data.records import VERIFY_COLUMNS, as_dataset, like_input, require_columns
+from reasonft.data.records import (
+    ANSWER_ALTERNATIVES,
+    VERIFY_COLUMNS,
+    as_dataset,
+    like_input,
+    require_columns,
+)
 from reasonft.verify.extract import extract_answer
-
-ALTERNATIVES = "answer_alternatives"
 
 STATUSES = ("correct", "incorrect", "no_answer", "timeout", "error")
 DEFAULT_VERIFY_FN = "reasonft.verify.verifier.math_equal"
@@ -344,7 +348,7 @@ class Verifier:
         # One comparison per accepted form of the gold answer (records may carry
         # `answer_alternatives`); a record is correct when any form matches, else it keeps the
         # status of its first form.
-        alternatives = ds[ALTERNATIVES] if ALTERNATIVES in ds.column_names else None
+        alternatives = ds[ANSWER_ALTERNATIVES] if ANSWER_ALTERNATIVES in ds.column_names else None
         comparisons = [
             ((i, k), preds[i], form)
             for i in to_compare
