@@ -264,8 +264,10 @@ def test_benchmark_metrics_against_plain_counts():
 
 def test_bad_benchmark_configs_are_named():
     common = {"generator": None, "ks": [1], "verifier": None}
-    with pytest.raises(ValueError, match=r"benchmarks\[0\].*unknown key\(s\) \['n'\]"):
-        Evaluator(benchmarks=[{"name": "a", "path": "a.json", "n": 4}], **common)
+    with pytest.raises(ValueError, match=r"eval.benchmarks.a: unknown key\(s\) \['n'\]"):
+        Evaluator(benchmarks={"a": {"path": "a.json", "n": 4}}, **common)
+    with pytest.raises(ValueError, match=r"eval.benchmarks\[0\]: `name` is required"):
+        Evaluator(benchmarks=[{"path": "a.json"}], **common)
     with pytest.raises(ValueError, match="exactly one of `path`"):
         Evaluator(benchmarks=[{"name": "a", "path": "a.json", "split": "test"}], **common)
     with pytest.raises(ValueError, match="unique"):

@@ -71,14 +71,14 @@ class Benchmark:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], position: int) -> Benchmark:
         cfg = dict(_plain(cfg))
+        where = f"eval.benchmarks.{cfg['name']}" if cfg.get("name") else f"eval.benchmarks[{position}]"
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(cfg) - known)
         if unknown:
-            raise ValueError(f"eval.benchmarks[{position}]: unknown key(s) {unknown}; known: {sorted(known)}")
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known - {'name'})}")
         if not cfg.get("name"):
-            raise ValueError(f"eval.benchmarks[{position}]: `name` is required")
+            raise ValueError(f"{where}: `name` is required")
         bench = cls(**cfg)
-        where = f"eval.benchmarks[{position}] ({bench.name})"
         if (bench.path is None) == (bench.split is None):
             raise ValueError(f"{where}: give exactly one of `path` (a file) or `split` (of the data source)")
         if bench.n_samples < 1:
