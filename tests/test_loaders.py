@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -463,6 +464,13 @@ def test_file_source_splits_pool_alignment_and_reports(tmp_path):
         source.problems("validation")
     with pytest.raises(ValueError, match="'train' prompts"):
         source.teacher_pool("test")
+    # the files' identity (size, mtime) reaches the pipeline's artifact keys: an edit changes it
+    version = source.content_version
+    assert set(version) == {"train", "test", "teacher_pool"}
+    assert version == source.content_version
+    os.utime(test, ns=(version["test"][1] + 10**9, version["test"][1] + 10**9))
+    assert source.content_version["test"] != version["test"]
+    assert source.content_version["train"] == version["train"]
 
 
 def test_file_source_config_errors(tmp_path):

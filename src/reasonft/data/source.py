@@ -74,6 +74,17 @@ class FileSource:
     def has_teacher_pool(self) -> bool:
         return "teacher_pool" in self.specs
 
+    @property
+    def content_version(self) -> dict[str, list[int] | None]:
+        """Size and modification time of each file, seen by the pipeline's artifact keys: a file
+        edited or replaced at the same path is other data (None for a missing file)."""
+        version: dict[str, list[int] | None] = {}
+        for name, spec in self.specs.items():
+            path = Path(spec["path"])
+            stat = path.stat() if path.is_file() else None
+            version[name] = [stat.st_size, stat.st_mtime_ns] if stat else None
+        return version
+
     def describe(self) -> dict[str, Any]:
         """Files (with size and modification time), mappings, counts and load reports."""
         out: dict[str, Any] = {"type": "files", "on_bad_record": self.on_bad_record, "sets": {}}

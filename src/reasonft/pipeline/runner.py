@@ -66,8 +66,8 @@ class Pipeline:
         return instantiate(self.cfg.data.source)
 
     def _data_identity(self) -> dict[str, Any]:
-        """The data config and, for a generated source (the toy world), its generator's version:
-        a new generator makes new records from the same config."""
+        """The data config and the source's content version (the toy world's generator version;
+        the files' sizes and modification times): the same config can name other records."""
         return {"config": self.cfg.data, "version": getattr(self.source, "content_version", None)}
 
     # -- base: the student before fine-tuning ----------------------------------------------------
