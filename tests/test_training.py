@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from reasonft.scoring.logprobs import token_logprobs
-from reasonft.training.collate import Collator
+from reasonft.training.collate import Collator, pack
 from reasonft.training.datamodule import RecordsDataModule
 from reasonft.training.losses import CrossEntropyTerm, LossComposition, UnlikelihoodTerm
 from reasonft.training.module import NonFiniteLossError, StudentModule
@@ -231,6 +231,56 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model, tiny_tokeni
         torch.testing.assert_close(plain, checkpointed, rtol=1e-5, atol=1e-7)
 
 
+def test_packed_batch_layout():
+    """Packing: the real tokens end to end, positions restarting per sequence, and an index
+    that puts every padded position back (checked against a plain loop)."""
+    collate = Collator(pad_token_id=0, loss_types=("ce",), packing=True)
+    examples = [
+        {"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "loss_type_id": 0, "prompt_id": "a"},
+        {"input_ids": [8, 9], "labels": [-100, 9], "loss_type_id": 0, "prompt_id": "b"},
+        {"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4], "loss_type_id": 0, "prompt_id": "c"},
+    ]
+    batch = collate(examples)
+    flat, positions, index = [], [], []
+    for ex in examples:
+        row = []
+        for p, token in enumerate(ex["input_ids"]):
+            row.append(len(flat))
+            flat.append(token)
+            positions.append(p)
+        index.append(row + [0] * (4 - len(row)))
+    assert batch["packed_input_ids"].tolist() == [flat]
+    assert batch["packed_position_ids"].tolist() == [positions]
+    assert batch["packed_index"].tolist() == index
+    assert batch["input_ids"].shape == (3, 4)  # the padded view stays for the losses
+
+
+def test_packed_training_gives_the_padded_loss_and_gradients(tiny_model, tiny_tokenizer):
+    """One padding-free forward pass over the packed row: the same losses (CE and sequence-level
+    UL), entropies and gradients as the padded batch — sequences never attend to each other."""
+    records = make_records([3, 12, 107, 5, 8, 61], ul_every=3)
+    padded = collate_records(records, tiny_tokenizer)
+    packed = {**padded, **pack(padded["input_ids"], padded["attention_mask"])}
+    loss = LossComposition(
+        {"ce": CrossEntropyTerm(), "ul": UnlikelihoodTerm(weight=0.3, reduction="sequence", loss_type="ul")}
+    )
+    results = []
+    for batch in (padded, packed):
+        model = copy.deepcopy(tiny_model).train()
+        module = StudentModule(model, loss, chunk_tokens=5)
+        out, entropy, mask = module.compute_loss(batch)
+        out.total.backward()
+        results.append((out, entropy, mask, [p.grad for p in model.parameters()]))
+    (a, ent_a, mask_a, grads_a), (b, ent_b, mask_b, grads_b) = results
+    assert torch.equal(mask_a, mask_b)
+    torch.testing.assert_close(a.total, b.total, rtol=1e-5, atol=1e-6)
+    for name in a.terms:
+        torch.testing.assert_close(a.terms[name].value, b.terms[name].value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ent_a, ent_b, rtol=1e-4, atol=1e-5)
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
+
+
 def test_ce_plus_zero_ul_equals_sft_exactly(tiny_model, tiny_tokenizer):
     batch = collate_records(make_records([3, 12, 107, 5, 8, 61], ul_every=3), tiny_tokenizer)
     assert set(batch["loss_type"].tolist()) == {0, 1}
@@ -395,6 +445,26 @@ def test_logger_strategy_and_callback_configs(tmp_path, monkeypatch):
     uneven = compose(tmp_path, global_batch_size=6, micro_batch_size=4)
     with pytest.raises(ValueError, match="multiple of"):
         build_trainer(uneven)
+
+
+def test_train_student_with_packing_matches_padded_training(tmp_path, tiny_model, tiny_tokenizer):
+    """`train.packing=true` through Lightning: the same run, the same weights (float tolerance)."""
+    records = make_records(list(range(3, 15)), ul_every=4)
+    weights = []
+    for packing in (False, True):
+        cfg = compose(
+            tmp_path / str(packing), loggers=(), micro_batch_size=2, global_batch_size=4,
+            ul_per_global_batch=1, lr=1e-3, max_length=128, packing=packing,
+        )
+        cfg.trainer.max_steps = 3
+        cfg.trainer.enable_checkpointing = False
+        cfg.callbacks = {}
+        model = copy.deepcopy(tiny_model)
+        train_student(cfg, records, model, tiny_tokenizer, tmp_path / str(packing) / "out")
+        weights.append(model.state_dict())
+    assert any(not torch.equal(a, b) for a, b in zip(weights[0].values(), tiny_model.state_dict().values()))
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_train_student_end_to_end(tmp_path, tiny_model, tiny_tokenizer):

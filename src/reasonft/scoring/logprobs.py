@@ -65,7 +65,7 @@ def logprobs_from_hidden(
 def token_logprobs(
     model: torch.nn.Module,
     input_ids: Tensor,
-    attention_mask: Tensor,
+    attention_mask: Tensor | None,
     target_mask: Tensor,
     chunk_tokens: int = 4096,
     position_ids: Tensor | None = None,
@@ -78,7 +78,8 @@ def token_logprobs(
     `last_hidden_state` and whose output embedding is a plain linear layer.
     """
     base = model.base_model
-    out = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    # No KV cache in a teacher-forced pass (a cache would also turn off the packed-sequence mask).
+    out = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     hidden = out.last_hidden_state
     mask = target_mask[:, 1:].bool()
     h = hidden[:, :-1][mask]

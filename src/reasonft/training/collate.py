@@ -30,9 +30,17 @@ class Collator:
     `loss_types`) and `prompt_id`. The batch holds `input_ids`, `attention_mask`, `labels`
     (-100 over prompt and padding) [B, L], `loss_type` [B] (ids), `loss_types` (the names the
     ids index) and `prompt_id` (list, for error messages).
+
+    With `packing`, the model input is padding-free as well: the sequences laid end to end in one
+    row, `packed_input_ids` and `packed_position_ids` [1, T] (positions restart at 0 for each
+    sequence, which is how transformers keeps the sequences from attending to each other), and
+    `packed_index` [B, L], the column of the packed row that holds each padded position (0 over
+    padding). The padded tensors stay, for the loss and the token counts.
     """
 
-    def __init__(self, pad_token_id: int, loss_types: Sequence[str] = LOSS_TYPES) -> None:
+    def __init__(
+        self, pad_token_id: int, loss_types: Sequence[str] = LOSS_TYPES, packing: bool = False
+    ) -> None:
         if pad_token_id is None:
             raise ValueError(
                 "collate: the tokenizer has no pad token; set tokenizer.pad_token "
@@ -40,6 +48,7 @@ class Collator:
             )
         self.pad_token_id = int(pad_token_id)
         self.loss_types = tuple(loss_types)
+        self.packing = bool(packing)
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not examples:
@@ -65,7 +74,7 @@ class Collator:
                 f"collate: loss_type_id outside [0, {len(self.loss_types)}) for loss_types "
                 f"{self.loss_types}"
             )
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
@@ -73,3 +82,22 @@ class Collator:
             "loss_types": self.loss_types,
             "prompt_id": [ex.get("prompt_id") for ex in examples],
         }
+        if self.packing:
+            batch.update(pack(input_ids, attention_mask))
+        return batch
+
+
+def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The real tokens of a right-padded batch in one row, their positions, and where each
+    padded position went (see `Collator`)."""
+    lengths = attention_mask.sum(dim=1)
+    real = attention_mask.bool()
+    packed_input_ids = input_ids[real].unsqueeze(0)
+    packed_position_ids = torch.cat([torch.arange(int(n)) for n in lengths]).unsqueeze(0)
+    packed_index = torch.zeros_like(input_ids)
+    packed_index[real] = torch.arange(int(lengths.sum()))
+    return {
+        "packed_input_ids": packed_input_ids,
+        "packed_position_ids": packed_position_ids,
+        "packed_index": packed_index,
+    }

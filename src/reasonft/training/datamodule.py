@@ -96,6 +96,7 @@ class RecordsDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         loss_types: Sequence[str] = LOSS_TYPES,
         group_by_length: bool = False,
+        packing: bool = False,
         num_replicas: int = 1,
         rank: int = 0,
     ) -> None:
@@ -121,6 +122,7 @@ class RecordsDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.loss_types = tuple(loss_types)
         self.group_by_length = group_by_length
+        self.packing = packing
         self.num_replicas = num_replicas
         self.rank = rank
         self._resume_state: dict[str, int] | None = None
@@ -219,7 +221,7 @@ class RecordsDataModule(pl.LightningDataModule):
         self.loader = ResumableDataLoader(
             self.train_set,
             batch_sampler=self.sampler,
-            collate_fn=Collator(self.tokenizer.pad_token_id, self.loss_types),
+            collate_fn=Collator(self.tokenizer.pad_token_id, self.loss_types, packing=self.packing),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

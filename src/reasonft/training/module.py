@@ -119,11 +119,28 @@ class StudentModule(pl.LightningModule):
     def compute_loss(self, batch: dict[str, Any]) -> tuple[LossOutput, Tensor, Tensor]:
         """(loss output, per-token entropy [B, L], scored-token mask [B, L]) of one micro-batch."""
         target_mask = batch["labels"] != IGNORE_INDEX
-        logp, entropy = token_logprobs(
-            self.model, batch["input_ids"], batch["attention_mask"], target_mask, self.chunk_tokens
-        )
+        if "packed_input_ids" in batch:
+            logp, entropy = self._packed_logprobs(batch, target_mask)
+        else:
+            logp, entropy = token_logprobs(
+                self.model, batch["input_ids"], batch["attention_mask"], target_mask, self.chunk_tokens
+            )
         out = self.loss(logp, target_mask, batch["loss_type"], batch["loss_types"])
         return out, entropy.detach(), target_mask
+
+    def _packed_logprobs(self, batch: dict[str, Any], target_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Log-probs and entropies from one padding-free forward pass over the packed row (no
+        attention mask: the restarting position ids separate the sequences), put back in the
+        padded [B, L] layout the losses read."""
+        index = batch["packed_index"]
+        packed_target = torch.zeros_like(batch["packed_input_ids"], dtype=torch.bool)
+        packed_target[0, index[target_mask]] = True
+        packed_target &= batch["packed_position_ids"] > 0  # a sequence's first token has no context
+        logp, entropy = token_logprobs(
+            self.model, batch["packed_input_ids"], None, packed_target, self.chunk_tokens,
+            position_ids=batch["packed_position_ids"],
+        )
+        return logp[0][index] * target_mask, entropy[0][index] * target_mask
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._stats.started is None:

@@ -5,7 +5,7 @@ Config keys read (all others are ignored; the whole resolved config is logged as
 - `loss`: a LossComposition (`conf/loss/*.yaml`), instantiated.
 - `train.{lr, betas, weight_decay, warmup_ratio, chunk_tokens, gradient_checkpointing}`: module.
 - `train.{prompt_suffix, chat_template, max_length, overlength, micro_batch_size,
-  global_batch_size, ul_per_global_batch, seed, num_workers, group_by_length}`: data.
+  global_batch_size, ul_per_global_batch, seed, num_workers, group_by_length, packing}`: data.
 - `train.ckpt_path`: passed to `Trainer.fit` (`last`, a path, or null).
 - `trainer`: a `pytorch_lightning.Trainer` node, instantiated with `strategy`, `logger` and
   `callbacks` built from the groups below; `accumulate_grad_batches` is derived as
@@ -125,6 +125,7 @@ def train_student(
         num_workers=train.num_workers,
         loss_types=loss.loss_types,
         group_by_length=train.group_by_length,
+        packing=train.get("packing", False),
     )
     module = StudentModule(
         model,
