@@ -87,6 +87,18 @@ class Selector(ABC):
             )
         return read_frame(ds, columns, f"select[{self.name}]")
 
+    def filtered(
+        self, ds: datasets.Dataset, score_columns: Sequence[str] = (), correctness: str | None = None
+    ) -> tuple[pd.DataFrame, np.ndarray, dict[str, int]]:
+        """The pool as a frame (score columns and what the filters read), the mask of the records
+        that pass this selector's filters — `correctness` ("correct"/"incorrect"; by default
+        "correct" when `only_correct`), sources, finite scores — and the counts of the others."""
+        if correctness is None and self.only_correct:
+            correctness = "correct"
+        frame = self.frame(ds, [*score_columns, *(["correct"] if correctness else [])])
+        skipped: dict[str, int] = {}
+        return frame, self.candidates(frame, skipped, correctness, score_columns), skipped
+
     def candidates(
         self,
         frame: pd.DataFrame,

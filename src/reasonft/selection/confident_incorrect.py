@@ -38,9 +38,7 @@ class ConfidentIncorrectSelector(Selector):
         self.max_per_prompt = None if max_per_prompt is None else int(max_per_prompt)
 
     def __call__(self, ds: datasets.Dataset) -> Selection:
-        frame = self.frame(ds, ["correct", "ppl"])
-        skipped: dict[str, int] = {}
-        keep = self.candidates(frame, skipped, "incorrect", ["ppl"])
+        frame, keep, skipped = self.filtered(ds, ["ppl"], correctness="incorrect")
         ppl = frame["ppl"].to_numpy(float)
         degenerate = keep & (ppl < self.min_ppl)
         if degenerate.any():

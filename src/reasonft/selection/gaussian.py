@@ -139,9 +139,7 @@ class PPLGaussianSelector(Selector):
 
     def __call__(self, ds: datasets.Dataset) -> Selection:
         score_cols = ["ppl", *(["n_tokens"] if self.prefer_long else [])]
-        frame = self.frame(ds, [*score_cols, *(["correct"] if self.only_correct else [])])
-        skipped: dict[str, int] = {}
-        keep = self.candidates(frame, skipped, "correct" if self.only_correct else None, score_cols)
+        frame, keep, skipped = self.filtered(ds, score_cols)
         ppl = frame["ppl"].to_numpy(float)
         for reason, outside in (
             ("ppl_below_range", ppl < self.ppl_min),

@@ -33,11 +33,7 @@ class PerPromptScoreSelector(Selector):
         )
 
     def __call__(self, ds: datasets.Dataset) -> Selection:
-        frame = self.frame(ds, [self.score, *(["correct"] if self.only_correct else [])])
-        skipped: dict[str, int] = {}
-        keep = self.candidates(
-            frame, skipped, "correct" if self.only_correct else None, [self.score]
-        )
+        frame, keep, skipped = self.filtered(ds, [self.score])
         pool = np.flatnonzero(keep)
         values = frame[self.score].to_numpy(float)
         # Sort by score (best first), row index second; the first row of each prompt is its pick.

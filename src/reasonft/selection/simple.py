@@ -32,9 +32,7 @@ class AllSelector(Selector):
         )
 
     def __call__(self, ds: datasets.Dataset) -> Selection:
-        frame = self.frame(ds, ["correct"] if self.only_correct else [])
-        skipped: dict[str, int] = {}
-        keep = self.candidates(frame, skipped, "correct" if self.only_correct else None)
+        _, keep, skipped = self.filtered(ds)
         return self.finish(ds, np.flatnonzero(keep), {"skipped": skipped})
 
 
@@ -63,11 +61,8 @@ class RandomSelector(Selector):
         self.max_per_prompt = None if max_per_prompt is None else int(max_per_prompt)
 
     def __call__(self, ds: datasets.Dataset) -> Selection:
-        frame = self.frame(ds, ["correct"] if self.only_correct else [])
-        skipped: dict[str, int] = {}
-        pool = np.flatnonzero(
-            self.candidates(frame, skipped, "correct" if self.only_correct else None)
-        )
+        frame, keep, skipped = self.filtered(ds)
+        pool = np.flatnonzero(keep)
         order = np.random.default_rng(self.seed).permutation(pool)
         allowed = order[first_per_prompt(frame["prompt_id"].to_numpy(), order, self.max_per_prompt)]
         chosen = allowed[: self.n]
@@ -115,9 +110,7 @@ class LowestPPLSelector(Selector):
         self.max_per_prompt = None if max_per_prompt is None else int(max_per_prompt)
 
     def __call__(self, ds: datasets.Dataset) -> Selection:
-        frame = self.frame(ds, ["ppl", *(["correct"] if self.only_correct else [])])
-        skipped: dict[str, int] = {}
-        keep = self.candidates(frame, skipped, "correct" if self.only_correct else None, ["ppl"])
+        frame, keep, skipped = self.filtered(ds, ["ppl"])
         pool = np.flatnonzero(keep)
         ppl = frame["ppl"].to_numpy(float)
         chosen, n_allowed = lowest_ppl_per_prompt_then_global(
@@ -148,13 +141,11 @@ class SingleTeacherSelector(Selector):
         self.teacher = str(teacher)
 
     def __call__(self, ds: datasets.Dataset) -> Selection:
-        frame = self.frame(ds, ["correct"] if self.only_correct else [])
+        frame, keep, skipped = self.filtered(ds)
         present = sorted(frame["source"].astype(str).unique().tolist())
         if self.teacher not in present:
             raise ValueError(
                 f"select[single_teacher]: teacher {self.teacher!r} has no records; sources present: "
                 f"{present}"
             )
-        skipped: dict[str, int] = {}
-        keep = self.candidates(frame, skipped, "correct" if self.only_correct else None)
         return self.finish(ds, np.flatnonzero(keep), {"teacher": self.teacher, "skipped": skipped})
