@@ -125,7 +125,7 @@ def train_student(
         num_workers=train.num_workers,
         loss_types=loss.loss_types,
         group_by_length=train.group_by_length,
-        packing=train.get("packing", False),
+        packing=train.packing,
     )
     module = StudentModule(
         model,
