@@ -86,22 +86,85 @@ def objective_value(cfg: DictConfig, results: dict[str, Any]) -> float | None:
     return float(value) if value is not None else None
 
 
+def recipe_title(cfg: DictConfig) -> str:
+    """The recipe that ran: its task name, the experiment preset and the command-line overrides."""
+    from hydra.core.hydra_config import HydraConfig
+
+    title = str(cfg.task_name)
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        choice = hc.runtime.choices.get("experiment")
+        overrides = [o for o in hc.overrides.task if not o.startswith("experiment=")]
+        title += f" (experiment={choice})" if choice and choice != cfg.task_name else ""
+        title += f" {' '.join(overrides)}" if overrides else ""
+    return title
+
+
+def stage_notes(stage: str, summary: dict[str, Any]) -> str:
+    """One line of what a stage's report says (counts, skips, shortfalls)."""
+    keys = {
+        "generate": ("samples", "problems"),
+        "verify": ("n_records", "n_correct", "status_counts", "data_skipped"),
+        "score": ("records", "overlength"),
+        "select": ("n_pool", "n_selected", "n_by_loss_type", "shortfall"),
+        "train": ("model",),
+    }.get(stage, ())
+    parts = [f"{k}={summary[k]}" for k in keys if summary.get(k) not in (None, {}, [])]
+    return ", ".join(parts)
+
+
+def ranking_markdown(summary: dict[str, Any]) -> list[str]:
+    """The teacher ranking table of a select artifact (empty when it is not a ranking)."""
+    table = summary.get("teacher_ranking")
+    if not table:
+        return []
+    metrics = summary.get("metrics") or [k[5:] for k in table[0] if k.startswith("mean_")]
+    head = ["teacher", "responses", *[f"mean {m.upper()} [CI]" for m in metrics],
+            *[f"rank {m.upper()}" for m in metrics]]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table:
+        cells = [str(row["source"]), str(row["n_responses"])]
+        cells += [
+            f"{row[f'mean_{m}']:.4f} [{row[f'ci_low_{m}']:.4f}, {row[f'ci_high_{m}']:.4f}]"
+            for m in metrics
+        ]
+        cells += [str(row[f"rank_{m}"]) for m in metrics]
+        rows.append("| " + " | ".join(cells) + " |")
+    return ["## Teacher ranking", "", *rows, ""]
+
+
 def write_final_report(
-    cfg: DictConfig, artifacts: list[Artifact], results: dict[str, Any], out_dir: Path
+    cfg: DictConfig,
+    plan: Any,
+    artifacts: list[Artifact],
+    results: dict[str, Any],
+    out_dir: Path,
+    shown: list[Path] | None = None,
 ) -> float | None:
     console = Console()
     if not console.is_terminal:
         console = Console(width=120)
+    title = recipe_title(cfg)
+    console.print(f"[bold]{title}[/bold]  plan: {plan.describe()}")
     stages = Table(title="stages")
-    for col in ("stage", f"artifact (under {cfg.paths.artifacts_dir})", "status"):
+    for col in ("stage", f"artifact (under {cfg.paths.artifacts_dir})", "status", "report"):
         stages.add_column(col)
-    for art in artifacts:
+    summaries = [(art, art.meta()["summary"]) for art in artifacts]
+    for art, summary in summaries:
         status = "reused" if art.reused else f"built in {art.seconds:.1f}s"
-        stages.add_row(art.stage, f"{art.stage}/{art.key}", status)
+        stages.add_row(art.stage, f"{art.stage}/{art.key}", status, stage_notes(art.stage, summary))
     console.print(stages)
 
+    md = [f"# {title}", "", f"plan: {plan.describe()}", ""]
+    for art, summary in summaries:
+        ranking = ranking_markdown(summary) if art.stage == "select" else []
+        if ranking:
+            for line in ranking:
+                console.print(line)
+            md += ranking
+
     columns, rows = _metric_rows(results)
-    table = Table(title=f"evaluation — {cfg.task_name}")
+    table = Table(title=f"evaluation — {title}")
     for col in ("model", "benchmark", *columns):
         header = SHORT.get(col, col)
         table.add_column(header, justify="right" if col not in ("model", "benchmark") else "left")
@@ -109,27 +172,36 @@ def write_final_report(
         table.add_row(*row)
     if rows:
         console.print(table)
+        header = ["model", "benchmark", *columns]
+        md += ["## Evaluation", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        md += ["| " + " | ".join(r) + " |" for r in rows]
     changes = before_after(results)
     for line in changes:
         console.print(line)
-
-    header = ["model", "benchmark", *columns]
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(r) + " |" for r in rows]
     if changes:
         md += ["", *[f"- {line}" for line in changes]]
+    md += ["", "## Stages", ""]
+    md += [f"- {art.stage} `{art.path}` ({'reused' if art.reused else 'built'}): "
+           f"{stage_notes(art.stage, summary)}" for art, summary in summaries]
+    if shown:
+        md += ["", "## Files", "", *[f"- {p.relative_to(out_dir)}" for p in shown]]
     write_text("\n".join(md) + "\n", out_dir / "results.md")
     objective = objective_value(cfg, results)
     write_json(
         {
             "task_name": cfg.task_name,
+            "recipe": title,
+            "plan": list(plan.stages),
             "objective": {"name": cfg.objective, "value": objective},
             "before_after": changes,
             "results": results,
-            "artifacts": {f"{a.stage}:{a.key}": str(a.path) for a in artifacts},
-            "overrides": OmegaConf.to_container(cfg, resolve=False).get("stages"),
+            "stages": {f"{a.stage}:{a.key}": {"path": str(a.path), "reused": a.reused, "report": s}
+                       for a, s in summaries},
+            "files": [str(p) for p in shown or []],
         },
         out_dir / "results.json",
     )
+    if shown:
+        console.print("files: " + ", ".join(str(p.relative_to(out_dir)) for p in shown))
     console.print(f"results: {out_dir / 'results.md'}")
     return objective

@@ -1,29 +1,34 @@
-"""Runs the configured stages in order over content-addressed artifacts.
+"""Runs the stage plan over content-addressed artifacts.
 
-Each stage reads the artifacts of the stages before it and adds columns or files; the key of an
-artifact hashes the stage's config and its inputs' keys, so changing a selection parameter
-re-runs `select` and what follows, never `score`.
+Start-up (`pipeline/startup.py`) builds every component and resolves the plan (`pipeline/plan.py`)
+before any stage runs. Each stage then sees only its own slice of the resolved config — the
+paths `plan.STAGE_CONFIG` names, plus the identity of the model it loads and the keys of the
+artifacts it reads — and that slice is exactly what its artifact key hashes, so a key cannot miss
+an input. Every stage hands back its records or files and a report; the reports reach the final
+summary.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import datasets
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from reasonft.data.records import ANSWER_ALTERNATIVES
 from reasonft.io import read_records, write_json, write_records
 from reasonft.pipeline.artifacts import Artifact, ArtifactStore, content_key
+from reasonft.pipeline.identity import path_identity
+from reasonft.pipeline.plan import OUTPUT_ONLY, STAGE_CONFIG, select_path
 from reasonft.pipeline.report import write_final_report
+from reasonft.pipeline.startup import Components, start
 from reasonft.selection.teacher_rank import TeacherRanking
-from reasonft.sweep import check_launch, is_rank_zero_process
-from reasonft.training.strategies import check_strategy
+from reasonft.sweep import is_rank_zero_process
 from reasonft.wandb_artifacts import (
     log_eval_table,
     log_model,
@@ -34,181 +39,210 @@ from reasonft.wandb_artifacts import (
 
 log = logging.getLogger(__name__)
 
-STAGES = ("base", "generate", "verify", "score", "select", "train", "evaluate", "report")
 RECORDS = "records.parquet"
+# What a user looks at, copied from each artifact into the run folder.
+SHOWN_FILES = ("*.md", "*.png", "report.json", "selection_report.json", "train_report.json")
 
 
 class Pipeline:
     def __init__(self, cfg: DictConfig, wandb_run: Any = None) -> None:
-        unknown = [s for s in cfg.stages if s not in STAGES]
-        if unknown:
-            raise ValueError(f"stages={list(cfg.stages)}: unknown {unknown}; choose from {list(STAGES)}")
         self.cfg = cfg
+        # Plain, resolved values: what keys hash and what stages read.
+        self.config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+        self.parts: Components = start(cfg)
+        self.plan = self.parts.plan
         self.wandb_run = wandb_run
         self.store = ArtifactStore(cfg.paths.artifacts_dir)
         self.out_dir = Path(cfg.paths.output_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.artifacts: list[Artifact] = []
         self.results: dict[str, Any] = {}
+        self.shown: list[Path] = []
+        self.labels: dict[int, str] = {}  # artifact index -> its folder in the run folder
 
-    # -- helpers ---------------------------------------------------------------------------
-    def _record(self, artifact: Artifact) -> Artifact:
+    # -- what a stage sees --------------------------------------------------------------------
+    def slice(self, stage: str) -> dict[str, Any]:
+        """The resolved config paths `stage` reads, minus the output-only ones."""
+        view = {path: select_path(self.config, path) for path in STAGE_CONFIG[stage]}
+        for path in OUTPUT_ONLY:
+            head, _, leaf = path.rpartition(".")
+            if head in view and isinstance(view[head], dict):
+                view[head] = {k: v for k, v in view[head].items() if k != leaf}
+        return view
+
+    def _data_identity(self) -> Any:
+        """What the data config cannot show: the files' sizes and modification times, or the
+        toy world's generator version."""
+        return getattr(self.parts.source, "content_version", None)
+
+    @cached_property
+    def model_identity(self) -> dict[str, Any]:
+        """The base student as the stages load it: its weights and every load argument."""
+        m = self.config["model"]
+        weights = f"base:{self.base_artifact.key}" if "base" in self.plan.stages else path_identity(m["path"])
+        return {"weights": weights, "load": self._load_args(m)}
+
+    @staticmethod
+    def _load_args(m: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "dtype": m.get("dtype"),
+            "attn_implementation": m.get("attn_implementation"),
+            "config_overrides": m.get("config_overrides") or {},
+            "tokenizer": path_identity(m["tokenizer"]) if m.get("tokenizer") else None,
+        }
+
+    def _record(self, artifact: Artifact, label: str | None = None) -> Artifact:
         self.artifacts.append(artifact)
+        self.labels[len(self.artifacts) - 1] = label or artifact.stage
         how = "reused" if artifact.reused else f"built in {artifact.seconds:.1f}s"
         log.info("stage %-8s %s  %s", artifact.stage, how, artifact.path)
         return artifact
 
-    def _prompting(self) -> dict[str, Any]:
-        return {"prompt_suffix": self.cfg.data.prompt_suffix, "chat_template": self.cfg.data.chat_template}
-
-    @cached_property
-    def source(self) -> Any:
-        return instantiate(self.cfg.data.source)
-
-    def _data_identity(self) -> dict[str, Any]:
-        """The data config and the source's content version (the toy world's generator version;
-        the files' sizes and modification times): the same config can name other records."""
-        return {"config": self.cfg.data, "version": getattr(self.source, "content_version", None)}
+    def _build(
+        self, stage: str, config: Any, inputs: dict[str, Any], produce: Any, label: str | None = None
+    ) -> Artifact:
+        return self._record(self.store.build(stage, config, inputs, produce), label)
 
     # -- base: the student before fine-tuning ----------------------------------------------------
     @cached_property
-    def base(self) -> tuple[str, str]:
-        """(path of the base student, its identity key)."""
-        model_cfg = self.cfg.model
-        if model_cfg.get("build") is not None:
-            builder = instantiate(model_cfg.build)
-            # The builder's folder name hashes what the config cannot show (its code version).
-            identity = {"folder": builder.folder_name()} if hasattr(builder, "folder_name") else {}
-            art = self.store.build(
-                "base",
-                model_cfg.build,
-                identity,
-                lambda tmp: {"path": builder.build(self.cfg.paths.cache_dir)},
-            )
-            self._record(art)
-            return art.meta()["summary"]["path"], art.key
-        path = model_cfg.path
-        return str(path), f"path:{path}:{OmegaConf.to_container(model_cfg.config_overrides)}"
+    def base_artifact(self) -> Artifact:
+        builder = self.parts.builder
+        # The builder's folder name hashes what the config cannot show (its code version).
+        identity = {"folder": builder.folder_name()} if hasattr(builder, "folder_name") else {}
+        return self._build(
+            "base",
+            self.slice("base"),
+            identity,
+            lambda tmp: {"path": builder.build(self.cfg.paths.cache_dir)},
+        )
+
+    @cached_property
+    def base_path(self) -> str:
+        if "base" in self.plan.stages:
+            return str(self.base_artifact.meta()["summary"]["path"])
+        return str(self.config["model"]["path"])
 
     def load_model(self, path: str) -> tuple[Any, Any]:
         from reasonft.models.loading import load_student, load_tokenizer
 
-        m = self.cfg.model
+        m = self.config["model"]
         model = load_student(
             path,
-            dtype=m.dtype,
-            attn_implementation=m.attn_implementation,
-            config_overrides=OmegaConf.to_container(m.config_overrides) or None,
+            dtype=m["dtype"],
+            attn_implementation=m["attn_implementation"],
+            config_overrides=m.get("config_overrides") or None,
         )
         return model, load_tokenizer(m.get("tokenizer") or path)
 
     @cached_property
     def base_model(self) -> tuple[Any, Any]:
-        model, tok = self.load_model(self.base[0])
+        model, tok = self.load_model(self.base_path)
         model.eval()
         return model, tok
+
+    def _prompting(self) -> dict[str, Any]:
+        data = self.config["data"]
+        return {"prompt_suffix": data["prompt_suffix"], "chat_template": data["chat_template"]}
 
     # -- generate: the base student's own samples on the training prompts ------------------------
     @cached_property
     def self_samples(self) -> Artifact:
-        cfg = {"generate": self.cfg.generate, "data": self._data_identity(), "model": self.base[1]}
-
         def produce(tmp: Path) -> dict[str, Any]:
             model, tok = self.base_model
-            problems = self.source.problems("train")
-            samples = instantiate(self.cfg.generate).generate(problems, model, tok, **self._prompting())
+            problems = self.parts.source.problems("train")
+            samples = self.parts.generator.generate(problems, model, tok, **self._prompting())
+            if not len(samples):
+                raise RuntimeError("generate: no sample was produced (no training problem?)")
             write_records(samples, tmp / RECORDS)
             return {"samples": len(samples), "problems": len(problems)}
 
-        return self._record(self.store.build("generate", cfg, {}, produce))
+        config = {**self.slice("generate"), "data_version": self._data_identity()}
+        return self._build("generate", config, {"model": self.model_identity}, produce)
 
     # -- verify: teacher pool (+ self samples) marked correct/incorrect ------------------------
     @cached_property
     def verified(self) -> Artifact:
-        inputs = {}
-        if "generate" in self.cfg.stages:
-            inputs["generate"] = self.self_samples.key
-        cfg = {"verify": self.cfg.verify, "data": self._data_identity()}
+        inputs = {"generate": self.self_samples.key} if self.plan.self_samples else {}
 
         def produce(tmp: Path) -> dict[str, Any]:
-            parts = [self.source.teacher_pool("train")]
-            if "generate" in inputs:
+            parts = [self.parts.source.teacher_pool("train")]
+            if self.plan.self_samples:
                 parts.append(read_records(self.self_samples.path / RECORDS))
             alternatives = any(ANSWER_ALTERNATIVES in p.column_names for p in parts)
             pool = (
                 datasets.concatenate_datasets([_common_columns(p, alternatives) for p in parts])
                 if len(parts) > 1 else parts[0]
             )
-            verified, report = instantiate(self.cfg.verify)(pool)
+            if not len(pool):
+                raise RuntimeError("verify: the pool is empty (no teacher record, no self-sample)")
+            verified, report = self.parts.verifier(pool)
             write_records(verified, tmp / RECORDS)
             write_json(report, tmp / "report.json")
             return report
 
-        return self._record(self.store.build("verify", cfg, inputs, produce))
+        config = {
+            **self.slice("verify"),
+            "data_version": self._data_identity(),
+            "self_samples": self.plan.self_samples,
+        }
+        return self._build("verify", config, inputs, produce)
 
     # -- score: PPL / GALP / LALP under the frozen base student --------------------------------
     @cached_property
     def scored(self) -> Artifact:
-        cfg = {"score": self.cfg.score, "model": self.base[1]}
-
         def produce(tmp: Path) -> dict[str, Any]:
             model, tok = self.base_model
-            ds = read_records(self.verified.path / RECORDS)
-            scored = instantiate(self.cfg.score).score(ds, model, tok)
+            pool = read_records(self.verified.path / RECORDS)
+            scored = self.parts.scorer.score(pool, model, tok)
             write_records(scored, tmp / RECORDS)
             return {"records": len(scored)}
 
-        return self._record(self.store.build("score", cfg, {"verify": self.verified.key}, produce))
+        config = {**self.slice("score"), "columns": list(self.plan.score_columns)}
+        inputs = {"verify": self.verified.key, "model": self.model_identity}
+        return self._build("score", config, inputs, produce)
 
     # -- select: the training set, each record with its loss_type --------------------------------
     @cached_property
     def selected(self) -> Artifact:
-        # Selectors that need no scores (random, all, single_teacher) can run without `score`.
-        upstream = self.scored if "score" in self.cfg.stages else self.verified
+        upstream = self.scored if self.plan.select_reads_scores else self.verified
 
         def produce(tmp: Path) -> dict[str, Any]:
             from reasonft.selection.report import write_report
 
             pool = read_records(upstream.path / RECORDS)
-            selection = instantiate(self.cfg.select)(pool)
+            selection = self.parts.selector(pool)
             if isinstance(selection, TeacherRanking):
                 # Ranking teachers selects no training set: its table and plot are the result.
                 selection.write(tmp)
                 return {"teacher_ranking": selection.table, **selection.report}
+            if not len(selection.records):
+                raise RuntimeError(
+                    f"select: the selection is empty; its report: {selection.report}"
+                )
             write_records(selection.records, tmp / RECORDS)
             write_report(selection, pool, tmp)
-            if len(selection.records):
-                log_selection(self.wandb_run, selection.report, tmp / RECORDS)
+            log_selection(self.wandb_run, selection.report, tmp / RECORDS)
             return selection.report
 
-        art = self.store.build("select", self.cfg.select, {upstream.stage: upstream.key}, produce)
-        return self._record(art)
+        return self._build("select", self.slice("select"), {upstream.stage: upstream.key}, produce)
 
     # -- train: fine-tune the student on the selection ------------------------------------------
     @cached_property
-    def trained(self) -> Artifact:
+    def trained(self) -> Artifact | None:
         from reasonft.training.train import train_student
 
-        c = self.cfg
-        # Where the run writes (and `train.ckpt_path` does not) never changes what is trained.
-        trainer_cfg = _without(c.trainer, "default_root_dir")
-        cfg = {
-            "loss": c.loss,
-            "train": _without(c.train, "ckpt_path"),
-            "trainer": trainer_cfg,
-            "strategy": c.strategy,
-            **self._prompting(),
-        }
-        inputs = {"select": self.selected.key, "model": self.base[1]}
+        config = self.slice("train")
+        inputs = {"select": self.selected.key, "model": self.model_identity}
         # Checkpoints live beside the artifact, keyed like it: re-running the same command with
         # `train.ckpt_path=last` resumes an interrupted fit.
-        ckpt_dir = self.store.path("train", content_key(cfg, inputs)).with_suffix(".checkpoints")
+        ckpt_dir = self.store.path("train", content_key(config, inputs)).with_suffix(".checkpoints")
+        c = self.cfg
         if c.callbacks.get("checkpoint") is not None:
             with open_dict(c):
                 c.callbacks.checkpoint.dirpath = str(ckpt_dir)
 
         def produce(tmp: Path) -> dict[str, Any]:
-            model, tok = self.load_model(self.base[0])
+            model, tok = self.load_model(self.base_path)
             records = read_records(self.selected.path / RECORDS)
             path = train_student(c, records, model, tok, tmp)
             log_model(self.wandb_run, path)
@@ -220,51 +254,70 @@ class Pipeline:
             with tempfile.TemporaryDirectory() as scratch:
                 produce(Path(scratch))
             return None
-        return self._record(self.store.build("train", cfg, inputs, produce))
+        return self._build("train", config, inputs, produce)
 
     # -- evaluate ------------------------------------------------------------------------------
-    def evaluate(self, tag: str, model_path: str, model_key: str) -> dict[str, Any]:
+    def evaluate(self, tag: str, model_path: str, model_identity: dict[str, Any]) -> dict[str, Any]:
         def produce(tmp: Path) -> dict[str, Any]:
             model, tok = self.load_model(model_path)
             model.eval()
-            evaluator = instantiate(self.cfg.eval)
-            return evaluator.evaluate(
-                model, tok, tmp, data_source=self.source, tag=tag, **self._prompting()
+            return self.parts.evaluator.evaluate(
+                model, tok, tmp, data_source=self.parts.source, tag=tag, **self._prompting()
             )
 
-        cfg = {"eval": self.cfg.eval, "data": self._data_identity()}
-        art = self._record(self.store.build("evaluate", cfg, {"model": model_key}, produce))
+        config = {**self.slice("evaluate"), "data_version": self._data_identity()}
+        art = self._build("evaluate", config, {"model": model_identity}, produce, f"evaluate-{tag}")
         return art.meta()["summary"]
 
+    # -- the run --------------------------------------------------------------------------------
     def run(self) -> float | None:
-        stages = list(self.cfg.stages)
-        if "base" in stages:
-            _ = self.base
-        if "generate" in stages:
-            _ = self.self_samples
-        if "verify" in stages:
-            _ = self.verified
-        if "score" in stages:
-            _ = self.scored
-        if "select" in stages:
-            _ = self.selected
-        if "train" in stages:
-            _ = self.trained
+        log.info("plan: %s", self.plan.describe())
+        if hasattr(self.store, 'clean_stale'):
+            self.store.clean_stale()
+        stages = self.plan.stages
+        for stage, attr in (
+            ("base", "base_artifact"),
+            ("generate", "self_samples"),
+            ("verify", "verified"),
+            ("score", "scored"),
+            ("select", "selected"),
+            ("train", "trained"),
+        ):
+            if stage in stages:
+                getattr(self, attr)
         if not is_rank_zero_process():
             return None
         if "evaluate" in stages:
-            self.results["base"] = self.evaluate("base", *self.base)
-            if "train" in stages:
+            self.results["base"] = self.evaluate("base", self.base_path, self.model_identity)
+            if self.plan.evaluate_trained:
                 trained = self.trained
                 path = str(trained.path / trained.meta()["summary"]["model"])
-                self.results["trained"] = self.evaluate("trained", path, f"train:{trained.key}")
+                identity = {"weights": f"train:{trained.key}", "load": self.model_identity["load"]}
+                self.results["trained"] = self.evaluate("trained", path, identity)
         if self.results:
             log_eval_table(self.wandb_run, self.results)
+        self.shown = self._show_files()
         if "report" in stages:
-            objective = write_final_report(self.cfg, self.artifacts, self.results, self.out_dir)
+            objective = write_final_report(
+                self.cfg, self.plan, self.artifacts, self.results, self.out_dir, self.shown
+            )
             log_objective(self.wandb_run, self.cfg.objective, objective)
             return objective
         return None
+
+    def _show_files(self) -> list[Path]:
+        """Copy every table and plot the run's artifacts hold into the run folder."""
+        shown: list[Path] = []
+        for n, art in enumerate(self.artifacts):
+            files = sorted({f for pattern in SHOWN_FILES for f in art.path.glob(pattern)})
+            if not files:
+                continue
+            folder = self.out_dir / self.labels[n]
+            folder.mkdir(parents=True, exist_ok=True)
+            for f in files:
+                shutil.copy2(f, folder / f.name)
+                shown.append(folder / f.name)
+        return shown
 
 
 def _common_columns(ds: datasets.Dataset, alternatives: bool = False) -> datasets.Dataset:
@@ -286,14 +339,9 @@ def _common_columns(ds: datasets.Dataset, alternatives: bool = False) -> dataset
     return ds.select_columns(keep)
 
 
-def _without(node: DictConfig, *keys: str) -> dict[str, Any]:
-    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in keys}
-
-
 def run_pipeline(cfg: DictConfig) -> float | None:
-    """Check the launch set-up at start-up (not an hour in), then run the stages."""
-    if "train" in cfg.stages:
-        check_strategy(cfg.get("strategy"))
-    check_launch(cfg)
+    """Build and check everything at start-up (not an hour in), then run the plan."""
+    pipeline = Pipeline(cfg)
     with wandb_session(cfg) as wandb_run:
-        return Pipeline(cfg, wandb_run).run()
+        pipeline.wandb_run = wandb_run
+        return pipeline.run()

@@ -1,0 +1,128 @@
+"""Start-up: build and check every component a run needs before its first stage runs.
+
+A wrong option, a wrongly typed value, a missing optional dependency or an impossible size
+stops here, in seconds, with the config key's name — not after generation and scoring have run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig
+
+from reasonft.pipeline.plan import Plan, make_plan
+from reasonft.selection.teacher_rank import TeacherRanker
+from reasonft.sweep import check_launch
+from reasonft.training.strategies import check_strategy
+
+SCORE_COLUMNS = ("n_tokens", "ppl", "galp", "lalp", "step_logps")
+
+
+@dataclass
+class Components:
+    """What the stages call, each built from its own config node."""
+
+    plan: Plan
+    source: Any
+    builder: Any = None
+    generator: Any = None
+    verifier: Any = None
+    scorer: Any = None
+    selector: Any = None
+    loss: Any = None
+    evaluator: Any = None
+
+
+def build(key: str, node: Any) -> Any:
+    """`instantiate(node)`, an error naming the config key when it fails."""
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        raise ValueError(f"{key}: {err}") from err
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{key}: {err}") from err
+
+
+def reads_self_samples(selector: Any) -> bool:
+    """Whether the selector reads the student's own samples (records of source `self`)."""
+    parts = [getattr(selector, a) for a in ("promote", "suppress") if hasattr(selector, a)]
+    for part in parts or [selector]:
+        sources = getattr(part, "sources", None) or []
+        if "self" in sources:
+            return True
+    return False
+
+
+def required_scores(selector: Any) -> tuple[str, ...]:
+    """The score columns a selector reads (empty: it reads the verified pool as it is)."""
+    needed = set(getattr(selector, "requires", ()) or ())
+    for attr in ("promote", "suppress"):
+        if hasattr(selector, attr):
+            needed |= set(getattr(getattr(selector, attr), "requires", ()) or ())
+    return tuple(c for c in SCORE_COLUMNS if c in needed)
+
+
+def check_importable(cfg: DictConfig, group: str) -> None:
+    """Each `_target_` of a mapping group (logger, callbacks) imports, without building it (a
+    logger creates files and runs when built)."""
+    for name, node in (cfg.get(group) or {}).items():
+        if node and "_target_" in node:
+            try:
+                get_class(node._target_)
+            except Exception as err:  # noqa: BLE001 - whatever the import raised, name the key
+                raise ValueError(f"{group}.{name}._target_={node._target_!r}: {err}") from err
+
+
+def start(cfg: DictConfig) -> Components:
+    """Build the components `cfg.stages` needs and resolve the stage plan; raise on any error."""
+    requested = [str(s) for s in cfg.stages]
+    source = build("data.source", cfg.data.source)
+    selector = None
+    if {"select", "train"} & set(requested):  # the only outputs that read a selection
+        selector = build("select", cfg.select)
+    plan = make_plan(
+        requested,
+        has_build=cfg.model.get("build") is not None,
+        self_samples=selector is not None and reads_self_samples(selector),
+        score_columns=required_scores(selector) if selector is not None else (),
+        is_ranking=isinstance(selector, TeacherRanker),
+    )
+    parts = Components(plan=plan, source=source, selector=selector)
+    stages = set(plan.stages)
+    if "base" in stages:
+        parts.builder = build("model.build", cfg.model.build)
+    elif cfg.model.get("path") is None:
+        raise ValueError("model.path: no checkpoint named and model.build is not set")
+    if "generate" in stages:
+        parts.generator = build("generate", cfg.generate)
+    if "verify" in stages:
+        parts.verifier = build("verify", cfg.verify)
+    if "score" in stages:
+        parts.scorer = _scorer_for(cfg, plan)
+    if "train" in stages:
+        parts.loss = build("loss", cfg.loss)
+        check_strategy(cfg.get("strategy"))
+        check_importable(cfg, "logger")
+        check_importable(cfg, "callbacks")
+    if "evaluate" in stages:
+        parts.evaluator = build("eval", cfg.eval)
+    check_launch(cfg)
+    return parts
+
+
+def _scorer_for(cfg: DictConfig, plan: Plan) -> Any:
+    """The configured scorer, widened to produce every score column the selector reads."""
+    scorer = build("score", cfg.score)
+    produces = set(getattr(scorer, "produces", SCORE_COLUMNS))
+    missing = [c for c in plan.score_columns if c not in produces]
+    if missing and hasattr(scorer, "with_columns"):
+        scorer = scorer.with_columns(set(plan.score_columns))
+    elif missing:
+        raise ValueError(
+            f"select needs the score column(s) {missing}, which score.method="
+            f"{cfg.score.get('method')!r} does not produce; choose score.method=all"
+        )
+    return scorer
