@@ -68,8 +68,8 @@ def gaussian_quotas(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bin edges and per-bin quotas for Gaussian PPL selection (METHODS.md §1a).
 
-    Bin i covers [ppl_min + i*w, ppl_min + (i+1)*w) (the last bin also holds ppl_max), its centre
-    is ppl_min + (i + 0.5)*w. quota_i = N * pdf(centre_i) / sum_j pdf(centre_j), floored; the
+    Bin i covers [ppl_min + i*w, ppl_min + (i+1)*w) (the last bin also holds ppl_max; which bin
+    a PPL falls in is `assign_bins`), its centre is ppl_min + (i + 0.5)*w. quota_i = N * pdf(centre_i) / sum_j pdf(centre_j), floored; the
     N - sum(floors) remaining units go one each to the bins with the largest fractional parts.
     Ties in fractional part (compared rounded to 9 decimals) go to the lower bin index first.
     The quotas sum to exactly N.
