@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
+from decimal import ROUND_FLOOR, Decimal
 
 import datasets
 import numpy as np
 import pytest
 
-from reasonft.selection.gaussian import PPLGaussianSelector, gaussian_quotas
+from reasonft.selection.gaussian import PPLGaussianSelector, assign_bins, gaussian_quotas
 
 OFFICIAL = {
     "n": 50_000,
@@ -39,11 +41,10 @@ def reference_quotas(n, mu, sigma, ppl_min, ppl_max, bin_width):
     return quotas
 
 
-def plain_bin(ppl, ppl_min, bin_width, n_bins):
-    """Bin index by counting edges at or below the value (last bin closed)."""
-    edges = [ppl_min + i * bin_width for i in range(n_bins + 1)]
-    b = sum(1 for e in edges[:-1] if e <= ppl) - 1
-    return min(b, n_bins - 1)
+def decimal_bin(ppl, ppl_min, bin_width, n_bins):
+    """Bin index in exact decimal arithmetic on the values as written (last bin closed)."""
+    steps = (Decimal(repr(ppl)) - Decimal(repr(ppl_min))) / Decimal(repr(bin_width))
+    return min(int(steps.to_integral_value(rounding=ROUND_FLOOR)), n_bins - 1)
 
 
 def test_official_quotas():
@@ -145,69 +146,198 @@ def test_round_scheme_cap_one_by_hand():
 
 def test_round_scheme_cap_two_by_hand():
     sel = two_bins(n=4, max_per_prompt=2)(pool(HAND_POOL))
-    # Round 1 as above (rows 0, 1, 5); round 2 gives bin 1 a prompt's second response: P1's (row 3),
-    # the longest one whose prompt has < 2. Row 4 (P2, 150 tokens) is not needed.
-    assert sorted(sel.records["row"]) == [0, 1, 3, 5]
-    assert sel.report["shortfall"] == 0 and sel.report["rounds_used"] == 2
+    # Bin 0 takes P1 and P2 (rows 0, 1). Bin 1 then runs its own round 1: P1 and P2 have one
+    # response each overall (< 2) and none in this bin, so its two longest, rows 3 and 4, go in;
+    # P4 (row 5, 10 tokens) is not needed. (Rounds over all bins at once would take row 5 instead.)
+    assert sorted(sel.records["row"]) == [0, 1, 3, 4]
+    assert sel.report["shortfall"] == 0 and sel.report["rounds_used"] == 1
+
+
+def test_bin_finishes_its_rounds_before_the_next_bin():
+    rows = [
+        {"prompt_id": "P1", "ppl": 1.01, "n_tokens": 100},
+        {"prompt_id": "P1", "ppl": 1.02, "n_tokens": 90},
+        {"prompt_id": "P2", "ppl": 1.03, "n_tokens": 80},
+        {"prompt_id": "P1", "ppl": 1.11, "n_tokens": 300},
+        {"prompt_id": "P3", "ppl": 1.12, "n_tokens": 200},
+        {"prompt_id": "P4", "ppl": 1.13, "n_tokens": 100},
+    ]
+    sel = two_bins(n=6, max_per_prompt=2)(pool(rows))
+    # Bin 0 (quota 3): round 1 takes P1 (row 0) and P2 (row 2), round 2 P1's second (row 1).
+    # P1 is now at the cap of 2, so bin 1 skips its longest (row 3) and takes rows 4 and 5.
+    assert sorted(sel.records["row"]) == [0, 1, 2, 4, 5]
+    assert [b["rounds"] for b in sel.report["bins"]] == [2, 1]
+    assert sel.report["shortfall"] == 1 and sel.report["shortfall_per_prompt_cap"] == 1
 
 
 def reference_pick(rows, quotas, ppl_min, bin_width, cap):
-    """Plain round scheme on rows with distinct n_tokens (so the within-bin order is fixed)."""
+    """Literal loop of the official scheme, each response taken at most once.
+
+    Rows have distinct n_tokens, so longest first fixes the order inside a bin. Bins in ascending
+    order; inside a bin, round 1, 2, ... walks the candidates and takes one whose prompt has fewer
+    than `round` responses in this bin and fewer than `cap` overall; the bin stops at its quota,
+    after round `cap`, or after a round that took nothing.
+    Returns (selected rows sorted, taken per bin, rounds per bin).
+    """
     n_bins = len(quotas)
     bins = [[] for _ in range(n_bins)]
     for r in rows:
-        bins[plain_bin(r["ppl"], ppl_min, bin_width, n_bins)].append(r)
-    for b in bins:
-        b.sort(key=lambda r: -r["n_tokens"])
-    count, taken, got = Counter(), set(), [0] * n_bins
-    for round_no in range(1, cap + 1):
-        for b in range(n_bins):
-            for r in bins[b]:
+        bins[decimal_bin(r["ppl"], ppl_min, bin_width, n_bins)].append(r)
+    overall = Counter()
+    selected, got, rounds = [], [0] * n_bins, [0] * n_bins
+    for b in range(n_bins):
+        candidates = sorted(bins[b], key=lambda r: -r["n_tokens"])
+        in_bin, taken_here = Counter(), set()
+        round_no = 0
+        while got[b] < quotas[b] and (cap is None or round_no < cap):
+            round_no += 1
+            took = 0
+            for r in candidates:
                 if got[b] == quotas[b]:
                     break
-                if r["row"] in taken or count[r["prompt_id"]] >= round_no:
+                prompt = r["prompt_id"]
+                if r["row"] in taken_here:
                     continue
-                taken.add(r["row"])
-                count[r["prompt_id"]] += 1
+                if cap is not None and overall[prompt] >= cap:
+                    continue
+                if in_bin[prompt] >= round_no:
+                    continue
+                taken_here.add(r["row"])
+                in_bin[prompt] += 1
+                overall[prompt] += 1
+                selected.append(r["row"])
                 got[b] += 1
-    return sorted(taken), got
+                took += 1
+            if took == 0:
+                break
+            rounds[b] = round_no
+    return sorted(selected), got, rounds
 
 
-@pytest.mark.parametrize("cap", [1, 2, 3])
-def test_selector_matches_plain_reference(cap):
-    rng = np.random.default_rng(cap)
-    n_rows = 600
+def random_rows(seed, n_rows, n_prompts, ppl_lo, ppl_hi):
+    """Rows with two-decimal PPLs (many exactly on bin edges) and distinct lengths."""
+    rng = np.random.default_rng(seed)
     lengths = rng.permutation(np.arange(10, 10 + n_rows))
-    rows = []
-    for i in range(n_rows):
-        rows.append(
-            {
-                "prompt_id": int(rng.integers(0, 120)),
-                "ppl": float(np.round(rng.uniform(0.8, 2.4), 4)),
-                "n_tokens": int(lengths[i]),
-                "correct": bool(rng.random() < 0.8),
-                "row": i,
-            }
-        )
+    return [
+        {
+            "prompt_id": int(rng.integers(0, n_prompts)),
+            "ppl": float(np.round(rng.uniform(ppl_lo, ppl_hi), 2)),
+            "n_tokens": int(lengths[i]),
+            "correct": bool(rng.random() < 0.8),
+            "row": i,
+        }
+        for i in range(n_rows)
+    ]
+
+
+def check_against_reference(rows, cap, n, mu, sigma, ppl_min, ppl_max, bin_width):
     selector = PPLGaussianSelector(
-        n=300,
-        mu=1.5,
-        sigma=0.3,
-        ppl_min=1.0,
-        ppl_max=2.0,
-        bin_width=0.1,
+        n=n,
+        mu=mu,
+        sigma=sigma,
+        ppl_min=ppl_min,
+        ppl_max=ppl_max,
+        bin_width=bin_width,
         max_per_prompt=cap,
         seed=3,
     )
     sel = selector(pool(rows))
-    eligible = [r for r in rows if r["correct"] and 1.0 <= r["ppl"] <= 2.0]
-    quotas = reference_quotas(300, 1.5, 0.3, 1.0, 2.0, 0.1)
-    expected_rows, got = reference_pick(eligible, quotas, 1.0, 0.1, cap)
+    eligible = [r for r in rows if r["correct"] and ppl_min <= r["ppl"] <= ppl_max]
+    quotas = reference_quotas(n, mu, sigma, ppl_min, ppl_max, bin_width)
+    expected_rows, got, rounds = reference_pick(eligible, quotas, ppl_min, bin_width, cap)
     assert sorted(sel.records["row"]) == expected_rows
     assert [b["selected"] for b in sel.report["bins"]] == got
-    assert sel.report["shortfall"] == 300 - len(expected_rows)
-    per_prompt = Counter(sel.records["prompt_id"])
-    assert max(per_prompt.values()) <= cap
+    assert [b["rounds"] for b in sel.report["bins"]] == rounds
+    assert sel.report["rounds_used"] == max(rounds)
+    assert sel.report["shortfall"] == n - len(expected_rows)
+    available = Counter(decimal_bin(r["ppl"], ppl_min, bin_width, len(quotas)) for r in eligible)
+    too_few = sum(max(q - available[b], 0) for b, q in enumerate(quotas))
+    assert sel.report["shortfall_too_few_candidates"] == too_few
+    assert sel.report["shortfall_per_prompt_cap"] == n - len(expected_rows) - too_few
+    if cap is not None:
+        assert max(Counter(sel.records["prompt_id"]).values()) <= cap
+    return sel
+
+
+@pytest.mark.parametrize("cap", [1, 2, 3, 10, None])
+def test_selector_matches_plain_reference(cap):
+    rows = random_rows(cap or 0, n_rows=600, n_prompts=120, ppl_lo=0.8, ppl_hi=2.4)
+    check_against_reference(rows, cap, 300, 1.5, 0.3, 1.0, 2.0, 0.1)
+
+
+def test_cap_ten_official_layout_matches_plain_reference():
+    # 40 prompts with ~150 responses each over 80 bins: several per prompt per bin, so bins need
+    # several rounds, and the overall cap of 10 stops prompts in the upper bins.
+    rows = random_rows(10, n_rows=6000, n_prompts=40, ppl_lo=0.95, ppl_hi=5.05)
+    sel = check_against_reference(
+        rows, 10, 2000, 2.5, 0.25, **{k: OFFICIAL[k] for k in ("ppl_min", "ppl_max", "bin_width")}
+    )
+    assert sel.report["rounds_used"] > 1
+    assert sel.report["shortfall_per_prompt_cap"] > 0
+    assert max(Counter(sel.records["prompt_id"]).values()) == 10
+
+
+# ---- bin edges ------------------------------------------------------------------------------
+
+
+def test_two_decimal_edges_start_their_bin():
+    # The 81 edges 1.00, 1.05, ..., 5.00 as written (parsed from two decimals): edge k starts bin k,
+    # 5.00 closes the last bin. Float edges 1.0 + 0.05 * k would put 17 of them one bin lower.
+    written = [float(f"{1.0 + 0.05 * k:.2f}") for k in range(81)]
+    expected = [min(k, 79) for k in range(81)]
+    assert assign_bins(np.array(written), 1.0, 0.05, 80).tolist() == expected
+    assert [decimal_bin(v, 1.0, 0.05, 80) for v in written] == expected
+    float_edges = [1.0 + 0.05 * k for k in range(80)]
+    by_float_edges = [sum(e <= v for e in float_edges) - 1 for v in written]
+    assert sum(a != b for a, b in zip(by_float_edges, expected)) == 17
+
+    # Through the selector: a flat target gives every bin quota 2, one distinct prompt per edge.
+    sel = PPLGaussianSelector(n=160, sigma=100.0)(
+        pool([{"prompt_id": k, "ppl": v} for k, v in enumerate(written)])
+    )
+    assert [b["available"] for b in sel.report["bins"]] == [1] * 79 + [2]
+    assert sel.report["n_selected"] == 81
+
+
+def test_bins_match_exact_decimal_arithmetic():
+    rng = np.random.default_rng(5)
+    for ppl_min, ppl_max, w in [
+        (1.0, 5.0, 0.05),
+        (1.0, 5.0, 0.1),
+        (0.3, 0.9, 0.1),
+        (2.0, 2.7, 0.07),
+    ]:
+        n_bins = round((ppl_max - ppl_min) / w)
+        values = np.round(rng.uniform(ppl_min, ppl_max, size=3000), int(rng.integers(2, 5)))
+        values = np.clip(values, ppl_min, ppl_max)
+        got = assign_bins(values, ppl_min, w, n_bins).tolist()
+        assert got == [decimal_bin(float(v), ppl_min, w, n_bins) for v in values]
+
+
+# ---- tie-break draw -------------------------------------------------------------------------
+
+
+def test_tie_break_is_uniform_like_the_official_random_key():
+    # One bin, quota 1, four candidates tied at the longest length: the pick must be uniform over
+    # them, as the official's `sorted(key=(len, Random(seed).random()), reverse=True)` makes it.
+    lengths = [40, 10, 40, 40, 40]
+    rows = [{"prompt_id": i, "ppl": 1.05, "n_tokens": t} for i, t in enumerate(lengths)]
+    seeds = range(400)
+    ours = Counter(
+        PPLGaussianSelector(n=1, mu=1.05, ppl_min=1.0, ppl_max=1.1, bin_width=0.1, seed=s)(
+            pool(rows)
+        ).records["row"][0]
+        for s in seeds
+    )
+    official = Counter()
+    for s in seeds:
+        rnd = random.Random(s)
+        order = sorted(range(5), key=lambda i: (lengths[i], rnd.random()), reverse=True)
+        official[order[0]] += 1
+    for picks in (ours, official):
+        assert set(picks) == {0, 2, 3, 4}
+        # 100 expected each; the bound is 4.6 binomial standard deviations.
+        assert all(60 <= picks[i] <= 140 for i in (0, 2, 3, 4)), picks
 
 
 def test_filters_out_of_range_and_incorrect():

@@ -1,22 +1,28 @@
 """OXA's Gaussian PPL selection (METHODS.md §1a): promote verified teacher responses whose
 perplexity under the base student follows a truncated normal N(mu, sigma) on [ppl_min, ppl_max].
 
-Reading of the per-prompt rule "at most m per prompt overall (official: first one per prompt per
-bin, then a second round, ... up to the cap)", implemented exactly as follows:
+Decided as the official selection script (takagi97/OXA-Fine-tuning, make_OXA_MLE_data.py) decides:
 
-- Each bin's candidates are put in a fixed order first: longest first (`n_tokens` descending,
-  equal lengths in a seeded random order) when `prefer_long`, else a seeded random order.
-- Round r = 1, 2, ..., m: the bins are visited in ascending PPL order; a bin that has not reached
-  its quota walks its ordered candidates and takes each one whose prompt has fewer than r selected
-  responses so far (over all bins), until its quota is met. So round 1 gives every prompt at most
-  one response overall (and each bin at most one per prompt), round 2 at most a second, and so on;
-  no prompt gets an r-th response while a bin could still be filled with a prompt's (r-1)-th.
-- Rounds stop early once every quota is met. A bin that is still short after round m gives what
-  it has; nothing is moved to other bins, and the shortfall is reported per bin and in total,
-  split into "too few candidates in the bin" and "candidates blocked by the per-prompt cap".
+- A response's bin is floor((ppl - ppl_min) / bin_width + 1e-9), the last bin closed at ppl_max,
+  so a PPL written on a bin edge (2.40 with width 0.05) starts that bin whatever the float
+  rounding of the edge.
+- Each bin's candidates are ordered longest first (`n_tokens` descending, equal lengths in a
+  seeded random order) when `prefer_long`, else in a seeded random order.
+- Bins are filled one after another in ascending PPL order. Inside a bin, round r = 1, 2, ...
+  walks the ordered candidates and takes each not yet taken one whose prompt has fewer than r
+  responses taken in this bin and fewer than m (`max_per_prompt`) over all bins so far, until the
+  bin's quota is met; only then does the next bin start. With m = 1 a bin takes its best-ordered
+  candidates from prompts no lower bin has used.
+- A bin still short when no round can add anything gives what it has; nothing moves to other
+  bins, and the shortfall is reported per bin and in total, split into "too few candidates in the
+  bin" and "candidates blocked by the per-prompt cap".
 
-With the official m = 1 this is: bins in ascending PPL order, each takes its best-ordered
-candidates from prompts not yet used by any bin.
+Where this departs from the official script: its round r walks every candidate again without
+remembering which were taken, so with m > 1 round 2 takes the round-1 responses a second time
+(duplicates in the output) instead of a prompt's second response; here a response is taken at
+most once. Its tie-break draw is a `random.Random(seed).random()` key per candidate; here it is a
+numpy permutation, the same distribution (uniform over the orders of equal lengths), not the same
+draws.
 """
 
 from __future__ import annotations
@@ -28,13 +34,16 @@ from typing import Any
 import datasets
 import numpy as np
 import pandas as pd
-from rich.progress import Progress
 
 from reasonft.selection.base import Selection, Selector, check_positive
 
 # Fractional parts are compared after rounding to this many decimals, so that bins whose quotas are
 # mathematically tied (e.g. bins mirrored around mu) tie exactly, whatever the float noise.
 FRACTION_DECIMALS = 9
+
+# Added to (ppl - ppl_min) / bin_width before flooring, as the official script does, so that a PPL
+# on a bin edge is not pushed into the bin below by float rounding of the division.
+BIN_EPSILON = 1e-9
 
 
 def count_bins(ppl_min: float, ppl_max: float, bin_width: float) -> int:
@@ -59,8 +68,8 @@ def gaussian_quotas(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bin edges and per-bin quotas for Gaussian PPL selection (METHODS.md §1a).
 
-    Bin i covers [ppl_min + i*w, ppl_min + (i+1)*w) (the last bin also holds ppl_max), its centre
-    is ppl_min + (i + 0.5)*w. quota_i = N * pdf(centre_i) / sum_j pdf(centre_j), floored; the
+    Bin i covers [ppl_min + i*w, ppl_min + (i+1)*w) (the last bin also holds ppl_max; which bin
+    a PPL falls in is `assign_bins`), its centre is ppl_min + (i + 0.5)*w. quota_i = N * pdf(centre_i) / sum_j pdf(centre_j), floored; the
     N - sum(floors) remaining units go one each to the bins with the largest fractional parts.
     Ties in fractional part (compared rounded to 9 decimals) go to the lower bin index first.
     The quotas sum to exactly N.
@@ -93,10 +102,33 @@ def gaussian_quotas(
     return edges, quotas
 
 
-def assign_bins(ppl: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bin index of each PPL inside [edges[0], edges[-1]]: [lo, hi) bins, the last one closed."""
-    n_bins = len(edges) - 1
-    return np.clip(np.searchsorted(edges, ppl, side="right") - 1, 0, n_bins - 1)
+def assign_bins(ppl: np.ndarray, ppl_min: float, bin_width: float, n_bins: int) -> np.ndarray:
+    """Bin index floor((ppl - ppl_min) / bin_width + 1e-9) of in-range PPLs, ppl_max in the last bin."""
+    index = np.floor((np.asarray(ppl, dtype=np.float64) - ppl_min) / bin_width + BIN_EPSILON)
+    return np.clip(index, 0, n_bins - 1).astype(np.int64)
+
+
+def fill_bin(
+    rows: np.ndarray, prompt_codes: np.ndarray, per_prompt: np.ndarray, quota: int, cap: int | None
+) -> tuple[np.ndarray, int]:
+    """One bin's per-prompt rounds (module docstring), vectorised; `per_prompt` is updated in place.
+
+    `rows` are the bin's candidates in picking order. Round r takes, for every prompt still under
+    the overall cap, its r-th candidate in that order, so the rounds together take the candidates
+    sorted by (occurrence rank of their prompt in the bin, position), minus the occurrences beyond
+    each prompt's remaining allowance, cut at the quota.
+    Returns (taken rows in taking order, number of rounds the bin used).
+    """
+    if quota == 0 or len(rows) == 0:
+        return rows[:0], 0
+    codes = prompt_codes[rows]
+    rank = pd.Series(codes).groupby(codes).cumcount().to_numpy()
+    allowed = np.full(len(rows), np.iinfo(np.int64).max) if cap is None else cap - per_prompt[codes]
+    eligible = np.flatnonzero(rank < allowed)
+    taking = eligible[np.lexsort((eligible, rank[eligible]))][:quota]
+    np.add.at(per_prompt, codes[taking], 1)
+    rounds = int(rank[taking].max()) + 1 if len(taking) else 0
+    return rows[taking], rounds
 
 
 class PPLGaussianSelector(Selector):
@@ -149,68 +181,41 @@ class PPLGaussianSelector(Selector):
                 skipped[reason] = int((keep & outside).sum())
             keep &= ~outside
         pool = np.flatnonzero(keep)
-        bins = assign_bins(ppl, self.edges)
+        bins = assign_bins(ppl[pool], self.ppl_min, self.bin_width, len(self.quotas))
 
         ordered = self.order_candidates(frame, pool, bins)
         prompt_codes = pd.factorize(frame["prompt_id"])[0]
-        selected, per_bin, rounds = self.fill(ordered, prompt_codes)
+        per_prompt = np.zeros(prompt_codes.max() + 1 if len(prompt_codes) else 0, dtype=np.int64)
+        selected: list[np.ndarray] = []
+        taken = np.zeros(len(self.quotas), dtype=np.int64)
+        rounds = np.zeros(len(self.quotas), dtype=np.int64)
+        for b, rows in enumerate(ordered):
+            chosen, rounds[b] = fill_bin(
+                rows, prompt_codes, per_prompt, int(self.quotas[b]), self.max_per_prompt
+            )
+            taken[b] = len(chosen)
+            selected.append(chosen)
 
         available = np.array([len(rows) for rows in ordered], dtype=np.int64)
-        report = self.bin_report(available, per_bin)
-        report.update(skipped=skipped, n_candidates=len(pool), rounds_used=rounds)
-        return self.finish(ds, selected, report)
+        report = self.bin_report(available, taken, rounds)
+        report.update(skipped=skipped, n_candidates=len(pool), rounds_used=int(rounds.max()))
+        return self.finish(ds, np.concatenate(selected).tolist(), report)
 
     def order_candidates(
         self, frame: pd.DataFrame, pool: np.ndarray, bins: np.ndarray
     ) -> list[np.ndarray]:
-        """Each bin's candidate rows in picking order (longest first, or random), seeded."""
-        order = np.random.default_rng(self.seed).permutation(pool)
+        """Each bin's candidate rows (`pool` with their `bins`) in picking order, seeded."""
+        position = np.random.default_rng(self.seed).permutation(len(pool))
         if self.prefer_long:
-            n_tokens = frame["n_tokens"].to_numpy(float)
-            order = order[np.argsort(-n_tokens[order], kind="stable")]
-        order = order[np.argsort(bins[order], kind="stable")]
-        starts = np.searchsorted(bins[order], np.arange(len(self.quotas) + 1))
-        return [order[starts[b] : starts[b + 1]] for b in range(len(self.quotas))]
+            n_tokens = frame["n_tokens"].to_numpy(float)[pool]
+            position = position[np.argsort(-n_tokens[position], kind="stable")]
+        position = position[np.argsort(bins[position], kind="stable")]
+        starts = np.searchsorted(bins[position], np.arange(len(self.quotas) + 1))
+        return [pool[position[starts[b] : starts[b + 1]]] for b in range(len(self.quotas))]
 
-    def fill(
-        self, ordered: list[np.ndarray], prompt_codes: np.ndarray
-    ) -> tuple[list[int], np.ndarray, int]:
-        """The round scheme described in the module docstring. Returns (rows, taken per bin, rounds)."""
-        n_bins = len(self.quotas)
-        per_prompt = np.zeros(prompt_codes.max() + 1 if len(prompt_codes) else 0, dtype=np.int64)
-        cap = self.max_per_prompt
-        if cap is None:
-            # Round r only hands out a prompt's r-th response, so more rounds than the largest
-            # number of candidates of one prompt add nothing.
-            pool_rows = np.concatenate(ordered)
-            cap = int(np.bincount(prompt_codes[pool_rows]).max()) if len(pool_rows) else 1
-        taken_per_bin = np.zeros(n_bins, dtype=np.int64)
-        is_taken = np.zeros(len(prompt_codes), dtype=bool)
-        selected: list[int] = []
-        rounds = 0
-        with Progress(transient=True) as progress:
-            task = progress.add_task(f"select[{self.name}] rounds x bins", total=cap * n_bins)
-            for round_no in range(1, cap + 1):
-                if (taken_per_bin >= self.quotas).all():
-                    break
-                rounds = round_no
-                for b, rows in enumerate(ordered):
-                    need = int(self.quotas[b] - taken_per_bin[b])
-                    for row in rows:
-                        if need == 0:
-                            break
-                        code = prompt_codes[row]
-                        if is_taken[row] or per_prompt[code] >= round_no:
-                            continue
-                        is_taken[row] = True
-                        per_prompt[code] += 1
-                        selected.append(int(row))
-                        need -= 1
-                    taken_per_bin[b] = self.quotas[b] - need
-                    progress.advance(task)
-        return selected, taken_per_bin, rounds
-
-    def bin_report(self, available: np.ndarray, taken: np.ndarray) -> dict[str, Any]:
+    def bin_report(
+        self, available: np.ndarray, taken: np.ndarray, rounds: np.ndarray
+    ) -> dict[str, Any]:
         short = self.quotas - taken
         from_scarcity = np.maximum(self.quotas - available, 0)
         bins = [
@@ -221,6 +226,7 @@ class PPLGaussianSelector(Selector):
                 "available": int(available[b]),
                 "selected": int(taken[b]),
                 "shortfall": int(short[b]),
+                "rounds": int(rounds[b]),
             }
             for b in range(len(self.quotas))
         ]
