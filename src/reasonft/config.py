@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+import secrets
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -10,9 +13,23 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_ROOT / "conf"
 
 
+def slug(text: str = "", limit: int = 60) -> str:
+    """A folder-name-safe form of a run's overrides (`select=lalp_top,seed=1`); long ones are cut
+    and end in a hash of the whole text, so two runs with other overrides never share a name."""
+    safe = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", str(text)).strip("_")
+    if len(safe) <= limit:
+        return safe
+    return f"{safe[: limit - 9]}~{hashlib.sha256(str(text).encode()).hexdigest()[:8]}"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("reasonft.root"):
         OmegaConf.register_new_resolver("reasonft.root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("reasonft.slug"):
+        OmegaConf.register_new_resolver("reasonft.slug", slug)
+    if not OmegaConf.has_resolver("reasonft.unique"):
+        # Resolved once per run folder (cached): two runs started in the same second still differ.
+        OmegaConf.register_new_resolver("reasonft.unique", lambda: secrets.token_hex(3), use_cache=True)
 
 
 def group_option(group: str, option: str) -> Path:

@@ -164,7 +164,7 @@ def write_final_report(
             md += ranking
 
     columns, rows = _metric_rows(results)
-    table = Table(title=f"evaluation — {title}")
+    table = Table(title=f"evaluation — {cfg.task_name}")
     for col in ("model", "benchmark", *columns):
         header = SHORT.get(col, col)
         table.add_column(header, justify="right" if col not in ("model", "benchmark") else "left")

@@ -341,6 +341,9 @@ def _common_columns(ds: datasets.Dataset, alternatives: bool = False) -> dataset
 
 def run_pipeline(cfg: DictConfig) -> float | None:
     """Build and check everything at start-up (not an hour in), then run the plan."""
+    from reasonft.console import quiet_libraries
+
+    quiet_libraries()
     pipeline = Pipeline(cfg)
     with wandb_session(cfg) as wandb_run:
         pipeline.wandb_run = wandb_run

@@ -94,7 +94,7 @@ def start(cfg: DictConfig) -> Components:
     stages = set(plan.stages)
     if "base" in stages:
         parts.builder = build("model.build", cfg.model.build)
-    elif cfg.model.get("path") is None:
+    elif stages & {"generate", "score", "train", "evaluate"} and cfg.model.path is None:
         raise ValueError("model.path: no checkpoint named and model.build is not set")
     if "generate" in stages:
         parts.generator = build("generate", cfg.generate)
