@@ -58,6 +58,10 @@ def test_second_run_reuses_and_changed_selection_reruns_downstream_only(tmp_path
     first.run()
     stages = [a.stage for a in first.artifacts]
     assert stages == ["base", "generate", "verify", "score", "select", "train", "evaluate", "evaluate"]
+    assert list(first.keys()) == [
+        "base", "generate", "verify", "score", "select", "train", "evaluate:base", "evaluate:trained"
+    ]
+    assert list(first.keys().values()) == [a.key for a in first.artifacts]
     assert not any(_built(first).values())
     assert (tmp_path / "run" / "results.md").exists()
     assert set(first.results) == {"base", "trained"}
@@ -82,22 +86,10 @@ def test_unknown_stage_is_refused(tmp_path):
         Pipeline(_cfg(tmp_path, "stages=[base,traine]"))
 
 
-class _Captured(Exception):
-    """Raised instead of building an artifact: carries the key it would have."""
-
-
-def _key_of(tmp_path, monkeypatch, stage: str) -> str:
-    from reasonft.pipeline.artifacts import content_key
-
-    def capture(name, config, inputs, produce):
-        raise _Captured(name, content_key(config, inputs))
-
-    pipeline = Pipeline(_cfg(tmp_path, "stages=[base,verify,select,train,evaluate,report]"))
-    monkeypatch.setattr(pipeline.store, "build", capture)
-    with pytest.raises(_Captured) as caught:
-        getattr(pipeline, {"base": "base", "verify": "verified"}[stage])
-    assert caught.value.args[0] == stage
-    return caught.value.args[1]
+def _key_of(tmp_path, monkeypatch, stage: str, *extra: str) -> str:
+    # select=toy_random reads no self-samples: the verify pool is the teachers' alone.
+    cfg = _cfg(tmp_path, "stages=[base,verify,select,train,evaluate,report]", "select=toy_random", *extra)
+    return Pipeline(cfg).key(stage)
 
 
 def test_code_versions_reach_the_artifact_keys(tmp_path, monkeypatch):
@@ -111,5 +103,9 @@ def test_code_versions_reach_the_artifact_keys(tmp_path, monkeypatch):
     monkeypatch.setattr(toy, "BUILD_VERSION", toy.BUILD_VERSION + 1)
     assert _key_of(tmp_path, monkeypatch, "base") != base
     assert _key_of(tmp_path, monkeypatch, "verify") == verify
+    # With OXA's suppress side the pool holds the student's own samples: a new student is a new pool.
+    oxa = _key_of(tmp_path, monkeypatch, "verify", "select=toy_oxa")
+    monkeypatch.setattr(toy, "BUILD_VERSION", toy.BUILD_VERSION + 2)
+    assert _key_of(tmp_path, monkeypatch, "verify", "select=toy_oxa") != oxa
     monkeypatch.setattr(ToyWorld, "content_version", ToyWorld.content_version + 1)
     assert _key_of(tmp_path, monkeypatch, "verify") != verify

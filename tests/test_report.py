@@ -7,6 +7,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
+from reasonft.pipeline.plan import make_plan
 from reasonft.pipeline.report import _metric_rows, before_after, write_final_report
 
 RESULTS = {
@@ -43,9 +44,11 @@ def test_before_after_lines():
 
 def test_final_report_files(tmp_path):
     cfg = OmegaConf.create({"task_name": "t", "objective": "pass@1", "paths": {"artifacts_dir": "a"}, "stages": ["evaluate"]})
-    objective = write_final_report(cfg, [], RESULTS, tmp_path)
+    plan = make_plan(["evaluate", "report"], has_build=True, self_samples=False, score_columns=(), is_ranking=False)
+    objective = write_final_report(cfg, plan, [], RESULTS, tmp_path)
     assert objective is None  # these results carry no "average"
     md = (tmp_path / "results.md").read_text()
+    assert md.startswith("# t\n") and "plan: base -> evaluate -> report" in md
     assert "| model | benchmark | pass@1 | pass@8 |" in md
     assert "- greedy pass@1: base 0.200 -> trained 0.350 (+0.150)" in md
     saved = json.loads((tmp_path / "results.json").read_text())

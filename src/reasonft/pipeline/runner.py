@@ -79,7 +79,7 @@ class Pipeline:
     def model_identity(self) -> dict[str, Any]:
         """The base student as the stages load it: its weights and every load argument."""
         m = self.config["model"]
-        weights = f"base:{self.base_artifact.key}" if "base" in self.plan.stages else path_identity(m["path"])
+        weights = f"base:{self.key('base')}" if "base" in self.plan.stages else path_identity(m["path"])
         return {"weights": weights, "load": self._load_args(m)}
 
     @staticmethod
@@ -91,6 +91,53 @@ class Pipeline:
             "tokenizer": path_identity(m["tokenizer"]) if m.get("tokenizer") else None,
         }
 
+    # -- what each artifact's key hashes ----------------------------------------------------------
+    def spec(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(config, inputs) of an artifact: the slice of resolved config its stage reads, and the
+        identities of what it reads besides (model, upstream artifact keys). `name` is a stage,
+        or `evaluate:base` / `evaluate:trained`."""
+        stage, _, tag = name.partition(":")
+        config = self.slice(stage)
+        if stage == "base":
+            builder = self.parts.builder
+            # The builder's folder name hashes what the config cannot show (its code version).
+            identity = {"folder": builder.folder_name()} if hasattr(builder, "folder_name") else {}
+            return config, identity
+        if stage in ("generate", "verify", "evaluate"):
+            config["data_version"] = self._data_identity()
+        if stage == "generate":
+            return config, {"model": self.model_identity}
+        if stage == "verify":
+            config["self_samples"] = self.plan.self_samples
+            return config, {"generate": self.key("generate")} if self.plan.self_samples else {}
+        if stage == "score":
+            config["columns"] = list(self.plan.score_columns)
+            return config, {"verify": self.key("verify"), "model": self.model_identity}
+        if stage == "select":
+            upstream = "score" if self.plan.select_reads_scores else "verify"
+            return config, {upstream: self.key(upstream)}
+        if stage == "train":
+            return config, {"select": self.key("select"), "model": self.model_identity}
+        if stage == "evaluate":
+            if tag == "trained":
+                model = {"weights": f"train:{self.key('train')}", "load": self.model_identity["load"]}
+            else:
+                model = self.model_identity
+            return config, {"model": model}
+        raise ValueError(f"no artifact {name!r}")
+
+    def key(self, name: str) -> str:
+        return content_key(*self.spec(name))
+
+    def keys(self) -> dict[str, str]:
+        """The key of every artifact the plan builds, computed without building anything."""
+        names = [s for s in self.plan.stages if s not in ("evaluate", "report")]
+        if "evaluate" in self.plan.stages:
+            names.append("evaluate:base")
+            if self.plan.evaluate_trained:
+                names.append("evaluate:trained")
+        return {name: self.key(name) for name in names}
+
     def _record(self, artifact: Artifact, label: str | None = None) -> Artifact:
         self.artifacts.append(artifact)
         self.labels[len(self.artifacts) - 1] = label or artifact.stage
@@ -98,23 +145,15 @@ class Pipeline:
         log.info("stage %-8s %s  %s", artifact.stage, how, artifact.path)
         return artifact
 
-    def _build(
-        self, stage: str, config: Any, inputs: dict[str, Any], produce: Any, label: str | None = None
-    ) -> Artifact:
-        return self._record(self.store.build(stage, config, inputs, produce), label)
+    def _build(self, name: str, produce: Any) -> Artifact:
+        stage, _, tag = name.partition(":")
+        art = self.store.build(stage, *self.spec(name), produce)
+        return self._record(art, f"{stage}-{tag}" if tag else stage)
 
     # -- base: the student before fine-tuning ----------------------------------------------------
     @cached_property
     def base_artifact(self) -> Artifact:
-        builder = self.parts.builder
-        # The builder's folder name hashes what the config cannot show (its code version).
-        identity = {"folder": builder.folder_name()} if hasattr(builder, "folder_name") else {}
-        return self._build(
-            "base",
-            self.slice("base"),
-            identity,
-            lambda tmp: {"path": builder.build(self.cfg.paths.cache_dir)},
-        )
+        return self._build("base", lambda tmp: {"path": self.parts.builder.build(self.cfg.paths.cache_dir)})
 
     @cached_property
     def base_path(self) -> str:
@@ -156,13 +195,11 @@ class Pipeline:
             write_records(samples, tmp / RECORDS)
             return {"samples": len(samples), "problems": len(problems)}
 
-        config = {**self.slice("generate"), "data_version": self._data_identity()}
-        return self._build("generate", config, {"model": self.model_identity}, produce)
+        return self._build("generate", produce)
 
     # -- verify: teacher pool (+ self samples) marked correct/incorrect ------------------------
     @cached_property
     def verified(self) -> Artifact:
-        inputs = {"generate": self.self_samples.key} if self.plan.self_samples else {}
 
         def produce(tmp: Path) -> dict[str, Any]:
             parts = [self.parts.source.teacher_pool("train")]
@@ -180,12 +217,7 @@ class Pipeline:
             write_json(report, tmp / "report.json")
             return report
 
-        config = {
-            **self.slice("verify"),
-            "data_version": self._data_identity(),
-            "self_samples": self.plan.self_samples,
-        }
-        return self._build("verify", config, inputs, produce)
+        return self._build("verify", produce)
 
     # -- score: PPL / GALP / LALP under the frozen base student --------------------------------
     @cached_property
@@ -197,9 +229,7 @@ class Pipeline:
             write_records(scored, tmp / RECORDS)
             return {"records": len(scored)}
 
-        config = {**self.slice("score"), "columns": list(self.plan.score_columns)}
-        inputs = {"verify": self.verified.key, "model": self.model_identity}
-        return self._build("score", config, inputs, produce)
+        return self._build("score", produce)
 
     # -- select: the training set, each record with its loss_type --------------------------------
     @cached_property
@@ -224,18 +254,16 @@ class Pipeline:
             log_selection(self.wandb_run, selection.report, tmp / RECORDS)
             return selection.report
 
-        return self._build("select", self.slice("select"), {upstream.stage: upstream.key}, produce)
+        return self._build("select", produce)
 
     # -- train: fine-tune the student on the selection ------------------------------------------
     @cached_property
     def trained(self) -> Artifact | None:
         from reasonft.training.train import train_student
 
-        config = self.slice("train")
-        inputs = {"select": self.selected.key, "model": self.model_identity}
         # Checkpoints live beside the artifact, keyed like it: re-running the same command with
         # `train.ckpt_path=last` resumes an interrupted fit.
-        ckpt_dir = self.store.path("train", content_key(config, inputs)).with_suffix(".checkpoints")
+        ckpt_dir = self.store.path("train", self.key("train")).with_suffix(".checkpoints")
         c = self.cfg
         if c.callbacks.get("checkpoint") is not None:
             with open_dict(c):
@@ -254,10 +282,10 @@ class Pipeline:
             with tempfile.TemporaryDirectory() as scratch:
                 produce(Path(scratch))
             return None
-        return self._build("train", config, inputs, produce)
+        return self._build("train", produce)
 
     # -- evaluate ------------------------------------------------------------------------------
-    def evaluate(self, tag: str, model_path: str, model_identity: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(self, tag: str, model_path: str) -> dict[str, Any]:
         def produce(tmp: Path) -> dict[str, Any]:
             model, tok = self.load_model(model_path)
             model.eval()
@@ -265,9 +293,7 @@ class Pipeline:
                 model, tok, tmp, data_source=self.parts.source, tag=tag, **self._prompting()
             )
 
-        config = {**self.slice("evaluate"), "data_version": self._data_identity()}
-        art = self._build("evaluate", config, {"model": model_identity}, produce, f"evaluate-{tag}")
-        return art.meta()["summary"]
+        return self._build(f"evaluate:{tag}", produce).meta()["summary"]
 
     # -- the run --------------------------------------------------------------------------------
     def run(self) -> float | None:
@@ -288,12 +314,11 @@ class Pipeline:
         if not is_rank_zero_process():
             return None
         if "evaluate" in stages:
-            self.results["base"] = self.evaluate("base", self.base_path, self.model_identity)
+            self.results["base"] = self.evaluate("base", self.base_path)
             if self.plan.evaluate_trained:
                 trained = self.trained
                 path = str(trained.path / trained.meta()["summary"]["model"])
-                identity = {"weights": f"train:{trained.key}", "load": self.model_identity["load"]}
-                self.results["trained"] = self.evaluate("trained", path, identity)
+                self.results["trained"] = self.evaluate("trained", path)
         if self.results:
             log_eval_table(self.wandb_run, self.results)
         self.shown = self._show_files()

@@ -20,6 +20,7 @@ class ConfidentIncorrectSelector(Selector):
     """Incorrect responses with the lowest PPL >= `min_ppl`, `max_per_prompt` per prompt, `n` in all."""
 
     name = "confident_incorrect"
+    requires: tuple[str, ...] = ("ppl",)
     loss_type = "ul"
 
     def __init__(

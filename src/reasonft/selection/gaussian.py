@@ -137,6 +137,10 @@ class PPLGaussianSelector(Selector):
     name = "ppl_gaussian"
     loss_type = "ce"
 
+    @property
+    def requires(self) -> tuple[str, ...]:
+        return ("ppl", "n_tokens") if self.prefer_long else ("ppl",)
+
     def __init__(
         self,
         n: int = 50_000,

@@ -22,6 +22,10 @@ class PerPromptScoreSelector(Selector):
     score: str = "lalp"
     highest: bool = True
 
+    @property
+    def requires(self) -> tuple[str, ...]:
+        return (self.score,)
+
     def __init__(
         self,
         only_correct: bool = True,

@@ -123,6 +123,10 @@ class TeacherRanker:
 
     name = "teacher_rank"
 
+    @property
+    def requires(self) -> tuple[str, ...]:
+        return tuple(self.metrics)
+
     def __init__(
         self,
         n_prompts: int = 200,
