@@ -111,7 +111,8 @@ class Pipeline:
             config["self_samples"] = self.plan.self_samples
             return config, {"generate": self.key("generate")} if self.plan.self_samples else {}
         if stage == "score":
-            config["columns"] = list(self.plan.score_columns)
+            # What the (possibly widened) scorer produces, not what the selector asked for.
+            config["produces"] = sorted(getattr(self.parts.scorer, "produces", ()))
             return config, {"verify": self.key("verify"), "model": self.model_identity}
         if stage == "select":
             upstream = "score" if self.plan.select_reads_scores else "verify"
