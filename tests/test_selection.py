@@ -210,7 +210,7 @@ def test_random_is_uniform_over_the_pool():
 
 
 def test_selection_errors(ds):
-    with pytest.raises(ValueError, match="lack column"):
+    with pytest.raises(ValueError, match="select=lalp_top needs column lalp"):
         LALPTopSelector()(ds.remove_columns(["lalp"]))
     selected = AllSelector()(ds).records
     with pytest.raises(ValueError, match="already carry selection column"):

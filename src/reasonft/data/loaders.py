@@ -304,7 +304,7 @@ def load_records(
     return dataset, report
 
 
-def _too_many(report: LoadReport, cap: int | float) -> TooManyBadRecords:
+def _too_many(report: LoadReport, cap: float) -> TooManyBadRecords:
     allowed = f"{cap}" if isinstance(cap, int) else f"{cap} of the {report.records_read} read"
     return TooManyBadRecords(
         f"{report.path}: {report.skipped} bad records skipped, more than "

@@ -22,6 +22,10 @@ class PerPromptScoreSelector(Selector):
     score: str = "lalp"
     highest: bool = True
 
+    @property
+    def score_columns(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.score,)
+
     def __init__(
         self,
         only_correct: bool = True,

@@ -94,6 +94,7 @@ class LowestPPLSelector(Selector):
     """SFT_LP: the `n` lowest-PPL verified responses, at most `max_per_prompt` (official 1) per prompt."""
 
     name = "ppl_lowest"
+    score_columns = ("ppl",)
 
     def __init__(
         self,
