@@ -454,11 +454,14 @@ def test_file_source_splits_pool_alignment_and_reports(tmp_path):
     assert records["source"] == ["r1"] * 4
     assert source.reports["teacher_pool"].skipped == 1
     described = source.describe()
-    assert described["sets"]["teacher_pool"]["prompt_alignment"] == {
+    alignment = described["sets"]["teacher_pool"]["prompt_alignment"]
+    assert {k: alignment[k] for k in ("matched_records", "unmatched_records", "unmatched_prompts")} == {
         "matched_records": 3,
         "unmatched_records": 1,
         "unmatched_prompts": 1,
     }
+    assert alignment["joined_by"] == "prompt_text"
+    assert alignment["unmatched_examples"] == [f"{pool}:line 2 ('9+9?')"]
     assert described["sets"]["teacher_pool"]["prompts"] == 3
     with pytest.raises(ValueError, match="unknown split"):
         source.problems("validation")

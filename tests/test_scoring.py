@@ -274,6 +274,7 @@ def test_all_method_fills_every_column(tiny_model, tiny_tokenizer):
     out = Scorer(method="all", window=2, progress=False).score(ds, tiny_model, tiny_tokenizer)
     assert out.column_names == ds.column_names + [
         "n_tokens",
+        "n_scored_tokens",
         "ppl",
         "galp",
         "lalp",

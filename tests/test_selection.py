@@ -10,8 +10,8 @@ import datasets
 import hydra.utils
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
+from reasonft.config import compose_option
 from reasonft.selection.api import SELECT_CONF_DIR, available_strategies, select, select_with_report
 from reasonft.selection.confident_incorrect import ConfidentIncorrectSelector
 from reasonft.selection.oxa import OXASelector
@@ -210,7 +210,7 @@ def test_random_is_uniform_over_the_pool():
 
 
 def test_selection_errors(ds):
-    with pytest.raises(ValueError, match="lack column"):
+    with pytest.raises(ValueError, match="select=lalp_top needs column lalp"):
         LALPTopSelector()(ds.remove_columns(["lalp"]))
     selected = AllSelector()(ds).records
     with pytest.raises(ValueError, match="already carry selection column"):
@@ -273,15 +273,16 @@ def test_every_config_instantiates():
         "teacher_rank",
     }
     for path in sorted(SELECT_CONF_DIR.glob("*.yaml")):
-        cfg = OmegaConf.load(path)
+        cfg = compose_option("select", path.stem)
         if path.stem == "single_teacher":
             cfg.teacher = "QwQ"
         component = hydra.utils.instantiate(cfg)
-        assert component.name == path.stem
+        # A sized variant (toy_oxa, ppl_gaussian_7b) builds the selector of the option it extends.
+        assert path.stem.removeprefix("toy_").removesuffix("_7b") == component.name
 
 
 def test_official_defaults_in_configs():
-    g = OmegaConf.load(SELECT_CONF_DIR / "ppl_gaussian.yaml")
+    g = compose_option("select", "ppl_gaussian")
     assert (g.n, g.mu, g.sigma, g.ppl_min, g.ppl_max, g.bin_width, g.max_per_prompt, g.seed) == (
         50000,
         2.5,
@@ -292,9 +293,9 @@ def test_official_defaults_in_configs():
         1,
         42,
     )
-    c = OmegaConf.load(SELECT_CONF_DIR / "confident_incorrect.yaml")
+    c = compose_option("select", "confident_incorrect")
     assert (c.n, c.min_ppl, c.max_per_prompt, list(c.sources)) == (50000, 1.2, 1, ["self"])
-    oxa = OmegaConf.load(SELECT_CONF_DIR / "oxa.yaml")
+    oxa = compose_option("select", "oxa")
     for key in g:
         assert oxa.promote[key] == g[key], key
     for key in c:

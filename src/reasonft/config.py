@@ -7,7 +7,7 @@ import re
 import secrets
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -39,3 +39,17 @@ def group_option(group: str, option: str) -> Path:
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         raise ValueError(f"no {group}={option!r}; choose one of {options} (files in {CONF_DIR / group})")
     return path
+
+
+def compose_option(group: str, option: str, seed: int = 42) -> DictConfig:
+    """One option of a config group composed by Hydra (its own defaults list included), its
+    values resolved, `${seed}` taken as `seed`: what the notebook API builds a component from."""
+    from hydra import compose, initialize_config_dir
+
+    group_option(group, option)  # a clear error for an unknown option
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        root = compose(f"{group}/{option}")
+    with open_dict(root):
+        root.seed = seed
+    node = OmegaConf.select(root, group.replace("/", "."))
+    return OmegaConf.create(OmegaConf.to_container(node, resolve=True))

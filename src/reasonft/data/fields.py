@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -179,6 +180,18 @@ def normalize_text(value: Any, column: str) -> str:
     if not text.strip():
         raise FieldError(f"{column} is empty")
     return text
+
+
+PROMPT_TEXT_NORMALISATION = "Unicode NFC, every whitespace run (str.isspace) -> one space, stripped"
+
+
+def normalize_prompt_text(text: str) -> str:
+    """The form in which two prompt texts are compared (PROMPT_TEXT_NORMALISATION).
+
+    Joins and prompt-id checks compare this form, so a trailing space, a doubled space, CRLF
+    line ends or a composed vs decomposed accent never split one problem into two.
+    """
+    return " ".join(unicodedata.normalize("NFC", text).split())
 
 
 def normalize_prompt_id(value: Any) -> str:

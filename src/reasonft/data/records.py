@@ -17,7 +17,15 @@ ANSWER_ALTERNATIVES = "answer_alternatives"
 OPTIONAL_COLUMNS = ("steps", "sample_idx", ANSWER_ALTERNATIVES)
 # Added by later stages, in order: verify, score, select.
 VERIFY_COLUMNS = ("correct", "pred_answer", "verify_status")
-SCORE_COLUMNS = ("n_tokens", "ppl", "galp", "lalp", "step_logps", "score_conditioning")
+SCORE_COLUMNS = (
+    "n_tokens",
+    "n_scored_tokens",
+    "ppl",
+    "galp",
+    "lalp",
+    "step_logps",
+    "score_conditioning",
+)
 SELECT_COLUMNS = ("loss_type", "selected_by")
 
 LOSS_TYPES = ("ce", "ul")

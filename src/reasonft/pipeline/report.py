@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
@@ -104,13 +104,33 @@ def stage_notes(stage: str, summary: dict[str, Any]) -> str:
     """One line of what a stage's report says (counts, skips, shortfalls)."""
     keys = {
         "generate": ("samples", "problems"),
-        "verify": ("n_records", "n_correct", "status_counts", "data_skipped"),
-        "score": ("records", "overlength"),
+        "verify": ("records", "accuracy", "status"),
+        "score": ("records", "method", "truncated", "dropped"),
         "select": ("n_pool", "n_selected", "n_by_loss_type", "shortfall"),
         "train": ("model",),
     }.get(stage, ())
-    parts = [f"{k}={summary[k]}" for k in keys if summary.get(k) not in (None, {}, [])]
+    parts = []
+    for k in keys:
+        value = summary.get(k)
+        if value in (None, {}, []):
+            continue
+        if isinstance(value, dict):
+            value = "{" + ", ".join(f"{a}: {b}" for a, b in value.items() if b) + "}"
+        elif isinstance(value, float):
+            value = f"{value:.3f}"
+        parts.append(f"{k}={value}")
     return ", ".join(parts)
+
+
+def skipped_lines(summaries: list[tuple[Artifact, dict[str, Any]]]) -> list[str]:
+    """One line per file whose bad records were skipped, with the count by reason."""
+    lines = []
+    for art, summary in summaries:
+        data = summary.get("data") or {}
+        for path, reasons in (data.get("skipped_by_file") or {}).items():
+            counts = ", ".join(f"{reason} {info['count']}" for reason, info in reasons.items())
+            lines.append(f"{art.stage}: skipped records in {path}: {counts}")
+    return lines
 
 
 def ranking_markdown(summary: dict[str, Any]) -> list[str]:
@@ -154,8 +174,13 @@ def write_final_report(
         status = "reused" if art.reused else f"built in {art.seconds:.1f}s"
         stages.add_row(art.stage, f"{art.stage}/{art.key}", status, stage_notes(art.stage, summary))
     console.print(stages)
+    skipped = skipped_lines(summaries)
+    for line in skipped:
+        console.print(f"[yellow]{line}[/yellow]")
 
     md = [f"# {title}", "", f"plan: {plan.describe()}", ""]
+    if skipped:
+        md += [f"- {line}" for line in skipped] + [""]
     for art, summary in summaries:
         ranking = ranking_markdown(summary) if art.stage == "select" else []
         if ranking:

@@ -27,6 +27,7 @@ from reasonft.pipeline.identity import path_identity
 from reasonft.pipeline.plan import OUTPUT_ONLY, STAGE_CONFIG, select_path
 from reasonft.pipeline.report import write_final_report
 from reasonft.pipeline.startup import Components, start
+from reasonft.selection.base import EmptySelection
 from reasonft.selection.teacher_rank import TeacherRanking
 from reasonft.sweep import is_rank_zero_process
 from reasonft.wandb_artifacts import (
@@ -226,9 +227,11 @@ class Pipeline:
         def produce(tmp: Path) -> dict[str, Any]:
             model, tok = self.base_model
             pool = read_records(self.verified.path / RECORDS)
-            scored = self.parts.scorer.score(pool, model, tok)
+            scored, report = self.parts.scorer(pool, model, tok)
+            if not len(scored):
+                raise RuntimeError(f"score: no record left after scoring; its report: {report}")
             write_records(scored, tmp / RECORDS)
-            return {"records": len(scored)}
+            return {"records": len(scored), **report}
 
         return self._build("score", produce)
 
@@ -241,15 +244,16 @@ class Pipeline:
             from reasonft.selection.report import write_report
 
             pool = read_records(upstream.path / RECORDS)
-            selection = self.parts.selector(pool)
+            try:
+                selection = self.parts.selector(pool)
+            except EmptySelection as empty:
+                # The report of what every filter removed stays where the user looks.
+                write_report(empty.selection, pool, self.out_dir / "select")
+                raise
             if isinstance(selection, TeacherRanking):
                 # Ranking teachers selects no training set: its table and plot are the result.
                 selection.write(tmp)
                 return {"teacher_ranking": selection.table, **selection.report}
-            if not len(selection.records):
-                raise RuntimeError(
-                    f"select: the selection is empty; its report: {selection.report}"
-                )
             write_records(selection.records, tmp / RECORDS)
             write_report(selection, pool, tmp)
             log_selection(self.wandb_run, selection.report, tmp / RECORDS)

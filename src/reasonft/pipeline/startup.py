@@ -13,12 +13,11 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
+from reasonft.data.records import SCORE_COLUMNS
 from reasonft.pipeline.plan import Plan, make_plan
 from reasonft.selection.teacher_rank import TeacherRanker
 from reasonft.sweep import check_launch
 from reasonft.training.strategies import check_strategy
-
-SCORE_COLUMNS = ("n_tokens", "ppl", "galp", "lalp", "step_logps")
 
 
 @dataclass
@@ -58,11 +57,7 @@ def reads_self_samples(selector: Any) -> bool:
 
 def required_scores(selector: Any) -> tuple[str, ...]:
     """The score columns a selector reads (empty: it reads the verified pool as it is)."""
-    needed = set(getattr(selector, "requires", ()) or ())
-    for attr in ("promote", "suppress"):
-        if hasattr(selector, attr):
-            needed |= set(getattr(getattr(selector, attr), "requires", ()) or ())
-    return tuple(c for c in SCORE_COLUMNS if c in needed)
+    return tuple(c for c in SCORE_COLUMNS if c in selector.requires)
 
 
 def check_importable(cfg: DictConfig, group: str) -> None:
@@ -72,7 +67,7 @@ def check_importable(cfg: DictConfig, group: str) -> None:
         if node and "_target_" in node:
             try:
                 get_class(node._target_)
-            except Exception as err:  # noqa: BLE001 - whatever the import raised, name the key
+            except Exception as err:
                 raise ValueError(f"{group}.{name}._target_={node._target_!r}: {err}") from err
 
 
@@ -116,13 +111,6 @@ def start(cfg: DictConfig) -> Components:
 def _scorer_for(cfg: DictConfig, plan: Plan) -> Any:
     """The configured scorer, widened to produce every score column the selector reads."""
     scorer = build("score", cfg.score)
-    produces = set(getattr(scorer, "produces", SCORE_COLUMNS))
-    missing = [c for c in plan.score_columns if c not in produces]
-    if missing and hasattr(scorer, "with_columns"):
-        scorer = scorer.with_columns(set(plan.score_columns))
-    elif missing:
-        raise ValueError(
-            f"select needs the score column(s) {missing}, which score.method="
-            f"{cfg.score.get('method')!r} does not produce; choose score.method=all"
-        )
+    if not set(plan.score_columns) <= scorer.produces:
+        scorer = scorer.with_columns(plan.score_columns)
     return scorer

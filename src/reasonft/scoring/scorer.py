@@ -7,6 +7,13 @@ from the response alone (`False`, the official OXA choice). Without a prompt the
 no context and is not scored, exactly as a causal LM's `labels=` loss on the response alone.
 `n_tokens` is the number of response tokens (scored or not).
 
+Length: prompt + response may hold at most `max_length` tokens (None: the model's
+`max_position_embeddings`). A longer record is, as `overlength` says, "truncate"d (its first
+`max_length` tokens are scored, the official OXA rule at 32,768; `n_tokens` keeps the full
+response length and `n_scored_tokens` the response tokens inside the scored window), "drop"ped
+(left out of the scored records) or an "error". Truncated and dropped records are counted in the
+report and a warning.
+
 Methods: "ppl" and "galp" run one full-prefix pass and fill `ppl` and `galp` (same pass);
 "lalp" runs the windowed passes and fills `lalp` and `step_logps` (per-step local mean
 log-probs); "all" fills everything, reusing the full-prefix pass's prompt cache and its token
@@ -16,8 +23,10 @@ compute hold null.
 
 from __future__ import annotations
 
+import copy
+import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -51,10 +60,16 @@ from reasonft.scoring.logprobs import logprobs_from_hidden
 from reasonft.scoring.steps import StepSplitter, as_splitter
 from reasonft.scoring.token_steps import ScoringExample, ensure_scored_token, token_step_ids
 
+log = logging.getLogger(__name__)
+
 METHODS = ("ppl", "galp", "lalp", "all")
+OVERLENGTH = ("truncate", "drop", "error")
 CONDITIONING_COLUMN = "score_conditioning"
+GLOBAL_COLUMNS = ("ppl", "galp")  # the full-prefix pass
+LOCAL_COLUMNS = ("lalp", "step_logps")  # the windowed passes
 OUTPUT_FEATURES = {
     "n_tokens": datasets.Value("int64"),
+    "n_scored_tokens": datasets.Value("int64"),
     "ppl": datasets.Value("float64"),
     "galp": datasets.Value("float64"),
     "lalp": datasets.Value("float64"),
@@ -145,6 +160,9 @@ class Scorer:
         chunk_tokens: rows projected to the vocabulary at a time.
         prompt_suffix, chat_template: how the prompt text is built (`data.prompts.build_prompt`).
         window_rounding: "ceil" or "floor" for fractional windows (see `scoring.lalp`).
+        max_length: most prompt + response tokens scored; None = the model's
+            `max_position_embeddings`.
+        overlength: "truncate" | "drop" | "error" for a longer record (see the module doc).
         progress: show a rich progress bar with tokens/s.
     """
 
@@ -159,10 +177,19 @@ class Scorer:
         prompt_suffix: str = "",
         chat_template: bool = True,
         window_rounding: str = "ceil",
+        max_length: int | None = None,
+        overlength: str = "truncate",
         progress: bool = True,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"score.method={method!r}: choose one of {METHODS}")
+        if overlength not in OVERLENGTH:
+            raise ValueError(f"score.overlength={overlength!r}: choose one of {OVERLENGTH}")
+        if max_length is not None and (isinstance(max_length, bool) or int(max_length) < 2):
+            raise ValueError(
+                f"score.max_length={max_length!r}: give a token count >= 2, or null for the "
+                "model's max_position_embeddings"
+            )
         check_window(window, window_rounding)
         if batch_tokens < 1 or chunk_tokens < 1:
             raise ValueError(
@@ -177,8 +204,10 @@ class Scorer:
         self.chunk_tokens = chunk_tokens
         self.prompt_suffix = prompt_suffix
         self.chat_template = chat_template
+        self.max_length = None if max_length is None else int(max_length)
+        self.overlength = overlength
         self.progress = progress
-        self.report: dict[str, int] = {}
+        self.report: dict[str, Any] = {}
 
     @property
     def needs_global(self) -> bool:
@@ -187,6 +216,51 @@ class Scorer:
     @property
     def needs_local(self) -> bool:
         return self.method in ("lalp", "all")
+
+    @property
+    def produces(self) -> frozenset[str]:
+        """The columns this scorer fills with values (the others of OUTPUT_FEATURES hold null)."""
+        return frozenset(
+            {
+                "n_tokens",
+                "n_scored_tokens",
+                CONDITIONING_COLUMN,
+                *(GLOBAL_COLUMNS if self.needs_global else ()),
+                *(LOCAL_COLUMNS if self.needs_local else ()),
+            }
+        )
+
+    def with_columns(self, columns: Iterable[str]) -> Scorer:
+        """A scorer like this one whose method also fills `columns` (this one if it already does).
+
+        E.g. `Scorer(method="lalp").with_columns({"galp"})` scores with method "all".
+        """
+        wanted = set(columns)
+        unknown = sorted(wanted - set(OUTPUT_FEATURES))
+        if unknown:
+            raise ValueError(
+                f"score: no method produces {unknown}; score columns: {list(OUTPUT_FEATURES)}"
+            )
+        if wanted <= self.produces:
+            return self
+        needs_global = self.needs_global or bool(wanted & set(GLOBAL_COLUMNS))
+        needs_local = self.needs_local or bool(wanted & set(LOCAL_COLUMNS))
+        widened = copy.copy(self)
+        widened.method = "all" if needs_global and needs_local else ("lalp" if needs_local else "galp")
+        widened.report = {}
+        return widened
+
+    def resolve_max_length(self, model: torch.nn.Module) -> int:
+        """`max_length`, or the model's `max_position_embeddings` when it is None."""
+        if self.max_length is not None:
+            return self.max_length
+        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if not limit:
+            raise ValueError(
+                "score.max_length is null and the model's config has no max_position_embeddings; "
+                "set score.max_length to the longest prompt + response to score"
+            )
+        return int(limit)
 
     @property
     def conditioning(self) -> str:
@@ -270,7 +344,30 @@ class Scorer:
     def score_batch(
         self, examples: Sequence[ScoringExample], model: torch.nn.Module
     ) -> list[dict[str, Any]]:
-        """Score one batch; returns one dict of score columns (plus `index`) per example."""
+        """Score one batch; returns one dict of score columns (plus `index`) per example.
+
+        Over-length examples are truncated, marked dropped or refused here (`overlength`).
+        """
+        limit = self.resolve_max_length(model)
+        n_tokens = {ex.index: len(ex.response_ids) for ex in examples}
+        status: dict[int, str] = {}
+        fitted: list[ScoringExample] = []
+        for ex in examples:
+            if len(ex.prompt_ids) + len(ex.response_ids) <= limit:
+                fitted.append(ex)
+            elif self.overlength == "error":
+                raise ValueError(
+                    f"score: row {ex.index} holds {len(ex.prompt_ids)} prompt + "
+                    f"{len(ex.response_ids)} response tokens, more than score.max_length={limit}; "
+                    "set score.overlength=truncate (score the first max_length tokens) or drop, "
+                    "or raise score.max_length"
+                )
+            elif self.overlength == "drop":
+                status[ex.index] = "dropped"
+            else:
+                status[ex.index] = "truncated"
+                fitted.append(self.truncate(ex, limit))
+        examples = fitted
         todo = [ex for ex in examples if self.scorable(ex)]
         global_logps: dict[int, np.ndarray] = {}
         local_logps: dict[int, np.ndarray] = {}
@@ -294,17 +391,63 @@ class Scorer:
                         full_prefix_logps=full,
                     )
                     local_logps = {ex.index: lp for ex, lp in zip(todo, local)}
-        return [
-            self._result(ex, global_logps.get(ex.index), local_logps.get(ex.index))
+        results = [
+            self._result(
+                ex,
+                global_logps.get(ex.index),
+                local_logps.get(ex.index),
+                n_tokens[ex.index],
+                status.get(ex.index),
+            )
             for ex in examples
         ]
+        results.extend(
+            self._dropped(index, n_tokens[index]) for index, s in status.items() if s == "dropped"
+        )
+        return results
+
+    def truncate(self, ex: ScoringExample, limit: int) -> ScoringExample:
+        """`ex` with only the response tokens that fit after its prompt in `limit` tokens."""
+        keep = max(0, limit - len(ex.prompt_ids))
+        token_step, merged = ex.token_step, 0
+        if token_step is not None:
+            token_step, merged = ensure_scored_token(
+                token_step[:keep],
+                lambda i: window_size(i, self.window, self.window_rounding),
+                len(ex.prompt_ids) > 0,
+            )
+        return ScoringExample(
+            index=ex.index,
+            prompt_ids=ex.prompt_ids,
+            response_ids=ex.response_ids[:keep],
+            token_step=token_step,
+            merged_steps=ex.merged_steps + merged,
+        )
+
+    def _dropped(self, index: int, n_tokens: int) -> dict[str, Any]:
+        return {
+            "index": index,
+            "n_tokens": n_tokens,
+            "n_scored_tokens": 0,
+            **dict.fromkeys(("ppl", "galp", "lalp", "step_logps")),
+            CONDITIONING_COLUMN: self.conditioning,
+            "merged_steps": 0,
+            "n_steps": 0,
+            "overlength": "dropped",
+        }
 
     def _result(
-        self, ex: ScoringExample, global_lp: np.ndarray | None, local_lp: np.ndarray | None
+        self,
+        ex: ScoringExample,
+        global_lp: np.ndarray | None,
+        local_lp: np.ndarray | None,
+        n_tokens: int,
+        overlength: str | None = None,
     ) -> dict[str, Any]:
         result: dict[str, Any] = {
             "index": ex.index,
-            "n_tokens": len(ex.response_ids),
+            "n_tokens": n_tokens,
+            "n_scored_tokens": len(ex.response_ids),
             "ppl": None,
             "galp": None,
             "lalp": None,
@@ -312,6 +455,7 @@ class Scorer:
             CONDITIONING_COLUMN: self.conditioning,
             "merged_steps": ex.merged_steps,
             "n_steps": ex.n_steps,
+            "overlength": overlength,
         }
         if global_lp is not None:
             result["galp"] = scores.galp(global_lp)
@@ -324,8 +468,16 @@ class Scorer:
     def score(
         self, ds: datasets.Dataset | list[dict[str, Any]], model: torch.nn.Module, tokenizer: Any
     ) -> datasets.Dataset:
-        """Score every record; returns the records with the score columns added (same order)."""
+        """Score every record; returns the records with the score columns added (same order,
+        less any record dropped for its length); the counts are left in `self.report`."""
+        return self(ds, model, tokenizer)[0]
+
+    def __call__(
+        self, ds: datasets.Dataset | list[dict[str, Any]], model: torch.nn.Module, tokenizer: Any
+    ) -> tuple[datasets.Dataset, dict[str, Any]]:
+        """Score every record; returns (scored records, report)."""
         ds = as_dataset(ds)
+        limit = self.resolve_max_length(model)
         self.check_records(ds)
         results: list[dict[str, Any]] = []
         columns = [
@@ -344,17 +496,38 @@ class Scorer:
                 results.extend(self.score_batch(batch, model))
                 tokens += sum(len(ex.response_ids) for ex in batch)
                 bar.update(task, advance=len(batch), tokens=tokens)
-        self.report = summarize(results)
-        self.report["seconds"] = round(time.perf_counter() - started, 3)
-        return attach_scores(ds, results)
+        self.report = {
+            "method": self.method,
+            "max_length": limit,
+            "overlength": self.overlength,
+            **summarize(results),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        if self.report["truncated"] or self.report["dropped"]:
+            log.warning(
+                "score: records longer than score.max_length=%d prompt + response tokens: %d "
+                "truncated, %d dropped (score.overlength=%s; the longest response has %d tokens)",
+                limit,
+                self.report["truncated"],
+                self.report["dropped"],
+                self.overlength,
+                self.report["longest_response_tokens"],
+            )
+        return attach_scores(ds, results), dict(self.report)
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> dict[str, int]:
     """Counts for the stage report: nothing skipped goes unmentioned."""
     return {
+        "truncated": sum(r.get("overlength") == "truncated" for r in results),
+        "dropped": sum(r.get("overlength") == "dropped" for r in results),
+        "longest_response_tokens": max((r["n_tokens"] for r in results), default=0),
         "records": len(results),
         "scored": sum(r["galp"] is not None or r["lalp"] is not None for r in results),
-        "unscorable": sum(r["galp"] is None and r["lalp"] is None for r in results),
+        "unscorable": sum(
+            r["galp"] is None and r["lalp"] is None and r.get("overlength") != "dropped"
+            for r in results
+        ),
         "response_tokens": sum(r["n_tokens"] for r in results),
         "steps": sum(r["n_steps"] for r in results),
         "merged_steps": sum(r["merged_steps"] for r in results),
@@ -362,13 +535,17 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, int]:
 
 
 def attach_scores(ds: datasets.Dataset, results: Sequence[dict[str, Any]]) -> datasets.Dataset:
-    """Add the score columns to `ds` in its own row order (results may come in any order)."""
+    """Add the score columns to `ds` in its own row order (results may come in any order);
+    rows whose result is marked dropped (over-length) are left out."""
     by_index = {r["index"]: r for r in results}
     if sorted(by_index) != list(range(len(ds))) or len(results) != len(ds):
         missing = sorted(set(range(len(ds))) - set(by_index))[:10]
         raise ValueError(
             f"score: {len(results)} results for {len(ds)} records (missing rows {missing}...)"
         )
+    kept = [i for i in range(len(ds)) if by_index[i].get("overlength") != "dropped"]
+    if len(kept) < len(ds):
+        ds = ds.select(kept).flatten_indices()
     for name, feature in OUTPUT_FEATURES.items():
-        ds = ds.add_column(name, [by_index[i][name] for i in range(len(ds))], feature=feature)
+        ds = ds.add_column(name, [by_index[i].get(name) for i in kept], feature=feature)
     return ds

@@ -16,6 +16,7 @@ import hydra.utils
 from omegaconf import DictConfig, OmegaConf
 
 import reasonft
+from reasonft.config import compose_option
 from reasonft.data.records import as_dataset, like_input
 from reasonft.selection.base import Selection
 from reasonft.selection.teacher_rank import TeacherRanker, TeacherRanking
@@ -44,7 +45,7 @@ def strategy_config(strategy: str, **params: Any) -> DictConfig:
         raise ValueError(
             f"unknown selection strategy {strategy!r}: no {path}; available: {available_strategies()}"
         )
-    cfg = OmegaConf.load(path)
+    cfg = compose_option("select", strategy, seed=int(params.get("seed", 42)))
     _check_keys(cfg, params, f"select[{strategy}] ({path})")
     cfg = OmegaConf.merge(cfg, OmegaConf.create(dict(params)))
     missing = sorted(OmegaConf.missing_keys(cfg))

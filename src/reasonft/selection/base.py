@@ -4,6 +4,11 @@ A selector is a plain class built by Hydra from `conf/select/<name>.yaml`; calli
 `datasets.Dataset` of scored records returns a `Selection`: the chosen records (input order kept,
 with the columns `loss_type` and `selected_by` added) and a report dict that counts everything
 that was filtered out or could not be filled.
+
+Every selector declares the columns it reads (`requires`), so a run can check at start-up that
+the earlier stages produce them; at select time a required column that is missing or null in
+every record stops with the option to change, and a selection that comes out empty stops with
+its report (`EmptySelection`).
 """
 
 from __future__ import annotations
@@ -21,11 +26,84 @@ import pyarrow as pa
 from datasets.fingerprint import generate_random_fingerprint
 from datasets.table import InMemoryTable
 
-from reasonft.data.records import LOSS_TYPES, SELECT_COLUMNS, require_columns
+from reasonft.data.records import LOSS_TYPES, SCORE_COLUMNS, SELECT_COLUMNS, require_columns
 
 log = logging.getLogger(__name__)
 
 STRING = datasets.Value("string")
+
+# The score config that fills each score column (every one of them fills n_tokens).
+SCORE_OPTION = {
+    "ppl": "score=ppl (or score=galp)",
+    "galp": "score=galp (or score=ppl)",
+    "lalp": "score=lalp",
+    "step_logps": "score=lalp",
+    "n_tokens": "any score config (score=ppl|galp|lalp)",
+    "n_scored_tokens": "any score config (score=ppl|galp|lalp)",
+}
+
+
+class MissingColumn(ValueError):
+    """A column a selector needs is absent, or null in every record."""
+
+
+class EmptySelection(ValueError):
+    """A selection with no record; `selection` holds the (empty) records and the full report."""
+
+    def __init__(self, selection: Selection) -> None:
+        self.selection = selection
+        report = selection.report
+        super().__init__(
+            f"select={report.get('selector')}: no record selected from a pool of "
+            f"{report.get('n_pool')}; filtered out: {_filtered_out(report)}. Nothing to train "
+            "on: loosen the filters (select.only_correct, select.sources, select.exclude_sources, "
+            "the score ranges) or check the verify and score stages. Full report: "
+            f"{_compact(report)}"
+        )
+
+
+def _filtered_out(report: dict[str, Any]) -> str:
+    parts = {name: report[name].get("skipped") for name in ("promote", "suppress") if name in report}
+    if parts:
+        return "; ".join(f"{name}: {skipped or 'nothing'}" for name, skipped in parts.items())
+    return str(report.get("skipped") or "nothing")
+
+
+def _compact(report: dict[str, Any], limit: int = 1500) -> str:
+    text = str(report)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def produced_score_columns(ds: datasets.Dataset) -> list[str]:
+    """The score columns `ds` carries with at least one value."""
+    return [c for c in SCORE_COLUMNS if c in ds.column_names and not _all_null(ds, c)]
+
+
+def _all_null(ds: datasets.Dataset, column: str) -> bool:
+    return bool(ds.select_columns([column]).to_pandas()[column].isna().all())
+
+
+def check_required_columns(ds: datasets.Dataset, requires: Iterable[str], strategy: str) -> None:
+    """Stop, naming the option to change, when a required column is missing or all null."""
+    for column in sorted(set(requires)):
+        if column in ds.column_names and (len(ds) == 0 or not _all_null(ds, column)):
+            continue
+        state = "lacks" if column not in ds.column_names else "has only nulls in"
+        if column == "correct":
+            raise MissingColumn(
+                f"select={strategy} needs column correct, which the records {state}; run the "
+                "verify stage before select (stages: [..., verify, score, select, ...])"
+            )
+        option = SCORE_OPTION.get(column)
+        if option is None:
+            raise MissingColumn(
+                f"select={strategy} needs column {column}, which the records {state}; "
+                f"they carry {ds.column_names}"
+            )
+        raise MissingColumn(
+            f"select={strategy} needs column {column}; the score stage produced "
+            f"{produced_score_columns(ds)}; choose {option} or score.method=all"
+        )
 
 
 @dataclass
@@ -54,6 +132,8 @@ class Selector(ABC):
 
     name: str = "selector"
     loss_type: str = "ce"
+    # Score columns the selection reads (besides `correct`, see `requires`).
+    score_columns: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -70,6 +150,12 @@ class Selector(ABC):
             raise ValueError(
                 f"{type(self).__name__}: loss_type {self.loss_type!r} not in {LOSS_TYPES}"
             )
+
+    @property
+    def requires(self) -> frozenset[str]:
+        """Columns the selection reads beyond prompt_id and source: its score columns, and
+        `correct` when it filters on verification."""
+        return frozenset({*self.score_columns, *(["correct"] if self.only_correct else [])})
 
     @abstractmethod
     def __call__(self, ds: datasets.Dataset) -> Selection:
@@ -95,6 +181,9 @@ class Selector(ABC):
         "correct" when `only_correct`), sources, finite scores — and the counts of the others."""
         if correctness is None and self.only_correct:
             correctness = "correct"
+        check_required_columns(
+            ds, {*self.requires, *score_columns, *(["correct"] if correctness else [])}, self.name
+        )
         frame = self.frame(ds, [*score_columns, *(["correct"] if correctness else [])])
         skipped: dict[str, int] = {}
         return frame, self.candidates(frame, skipped, correctness, score_columns), skipped
@@ -138,7 +227,10 @@ class Selector(ABC):
             log.warning(
                 "select[%s]: %d short of the %s asked for", self.name, shortfall, full.get("n")
             )
-        return Selection(records=records, report=full)
+        selection = Selection(records=records, report=full)
+        if n == 0:
+            raise EmptySelection(selection)
+        return selection
 
 
 def take_rows(

@@ -20,8 +20,8 @@ class ConfidentIncorrectSelector(Selector):
     """Incorrect responses with the lowest PPL >= `min_ppl`, `max_per_prompt` per prompt, `n` in all."""
 
     name = "confident_incorrect"
-    requires: tuple[str, ...] = ("ppl",)
     loss_type = "ul"
+    score_columns = ("ppl",)
 
     def __init__(
         self,
@@ -37,6 +37,11 @@ class ConfidentIncorrectSelector(Selector):
         self.n = int(n)
         self.min_ppl = float(min_ppl)
         self.max_per_prompt = None if max_per_prompt is None else int(max_per_prompt)
+
+    @property
+    def requires(self) -> frozenset[str]:
+        """ppl, and `correct` (it keeps the incorrect responses)."""
+        return frozenset({*self.score_columns, "correct"})
 
     def __call__(self, ds: datasets.Dataset) -> Selection:
         frame, keep, skipped = self.filtered(ds, ["ppl"], correctness="incorrect")

@@ -138,7 +138,7 @@ class PPLGaussianSelector(Selector):
     loss_type = "ce"
 
     @property
-    def requires(self) -> tuple[str, ...]:
+    def score_columns(self) -> tuple[str, ...]:  # type: ignore[override]
         return ("ppl", "n_tokens") if self.prefer_long else ("ppl",)
 
     def __init__(

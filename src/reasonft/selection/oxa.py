@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import datasets
 
-from reasonft.selection.base import Selection
+from reasonft.selection.base import EmptySelection, Selection, check_required_columns
 from reasonft.selection.confident_incorrect import ConfidentIncorrectSelector
 from reasonft.selection.gaussian import PPLGaussianSelector
+
+log = logging.getLogger(__name__)
 
 
 class OXASelector:
@@ -34,9 +37,15 @@ class OXASelector:
             else ConfidentIncorrectSelector(**suppress)
         )
 
+    @property
+    def requires(self) -> frozenset[str]:
+        """What both parts read (ppl and correct with the official settings)."""
+        return self.promote.requires | self.suppress.requires
+
     def __call__(self, ds: datasets.Dataset) -> Selection:
-        promoted = self.promote(ds)
-        suppressed = self.suppress(ds)
+        check_required_columns(ds, self.requires, self.name)
+        # One empty part is reported and warned about; only an empty whole stops the run.
+        promoted, suppressed = self._part(self.promote, ds), self._part(self.suppress, ds)
         records = datasets.concatenate_datasets([promoted.records, suppressed.records])
         report = {
             "selector": self.name,
@@ -48,4 +57,19 @@ class OXASelector:
             "promote": promoted.report,
             "suppress": suppressed.report,
         }
-        return Selection(records=records, report=report)
+        empty = [name for name, part in (("promote", promoted), ("suppress", suppressed)) if not len(part.records)]
+        if empty:
+            report["empty_parts"] = empty
+        selection = Selection(records=records, report=report)
+        if len(records) == 0:
+            raise EmptySelection(selection)
+        for name in empty:
+            log.warning("select=oxa: the %s part selected no record (%s)", name, report[name].get("skipped"))
+        return selection
+
+    @staticmethod
+    def _part(selector: Any, ds: datasets.Dataset) -> Selection:
+        try:
+            return selector(ds)
+        except EmptySelection as empty:
+            return empty.selection

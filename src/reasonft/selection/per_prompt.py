@@ -23,7 +23,7 @@ class PerPromptScoreSelector(Selector):
     highest: bool = True
 
     @property
-    def requires(self) -> tuple[str, ...]:
+    def score_columns(self) -> tuple[str, ...]:  # type: ignore[override]
         return (self.score,)
 
     def __init__(

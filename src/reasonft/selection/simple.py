@@ -94,7 +94,7 @@ class LowestPPLSelector(Selector):
     """SFT_LP: the `n` lowest-PPL verified responses, at most `max_per_prompt` (official 1) per prompt."""
 
     name = "ppl_lowest"
-    requires: tuple[str, ...] = ("ppl",)
+    score_columns = ("ppl",)
 
     def __init__(
         self,

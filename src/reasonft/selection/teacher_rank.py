@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 
 from reasonft.data.records import as_dataset
 from reasonft.io import atomic_path, write_json, write_text
-from reasonft.selection.base import as_names, filter_pool, read_frame
+from reasonft.selection.base import as_names, check_required_columns, filter_pool, read_frame
 
 BOOTSTRAP_CHUNK = 256
 
@@ -123,10 +123,6 @@ class TeacherRanker:
 
     name = "teacher_rank"
 
-    @property
-    def requires(self) -> tuple[str, ...]:
-        return tuple(self.metrics)
-
     def __init__(
         self,
         n_prompts: int = 200,
@@ -159,9 +155,15 @@ class TeacherRanker:
         self.exclude_sources = as_names(exclude_sources)
         self.seed = int(seed)
 
+    @property
+    def requires(self) -> frozenset[str]:
+        """The ranked metrics, and `correct` when only verified responses count."""
+        return frozenset({*self.metrics, *(["correct"] if self.only_correct else [])})
+
     def __call__(self, ds: datasets.Dataset | list[dict[str, Any]]) -> TeacherRanking:
         ds = as_dataset(ds)
         stage = f"select[{self.name}]"
+        check_required_columns(ds, self.requires, self.name)
         frame = read_frame(ds, [*self.metrics, *(["correct"] if self.only_correct else [])], stage)
         skipped: dict[str, int] = {}
         keep = filter_pool(
