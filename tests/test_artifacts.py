@@ -53,7 +53,7 @@ def test_killed_process_leaves_no_complete_artifact(tmp_path):
         import time
         from reasonft.pipeline.artifacts import ArtifactStore
         def produce(d):
-            (d / "records.parquet").write_text("partial")
+            (d / "records.txt").write_text("partial")
             print("writing", flush=True)
             time.sleep(60)
         ArtifactStore({str(tmp_path)!r}).build("score", {{}}, {{}}, produce)
@@ -66,8 +66,8 @@ def test_killed_process_leaves_no_complete_artifact(tmp_path):
     store = ArtifactStore(tmp_path)
     assert not (store.path("score", content_key({}, {})) / META_FILE).exists()
     start = time.perf_counter()
-    art = store.build("score", {}, {}, lambda d: (d / "records.parquet").write_text("full") and None)
-    assert not art.reused and (art.path / "records.parquet").read_text() == "full"
+    art = store.build("score", {}, {}, lambda d: (d / "records.txt").write_text("full") and None)
+    assert not art.reused and (art.path / "records.txt").read_text() == "full"
     assert time.perf_counter() - start < 5
 
 
@@ -84,9 +84,9 @@ def test_concurrent_builders_build_once_and_the_others_wait(tmp_path):
                 f.write(sys.argv[1] + "\\n")
             print("building", flush=True)
             time.sleep(2)
-            (d / "records.parquet").write_text(sys.argv[1])
+            (d / "records.txt").write_text(sys.argv[1])
         art = ArtifactStore({str(tmp_path / "store")!r}).build("base", {{"n": 1}}, {{}}, produce)
-        print("reused" if art.reused else "built", (art.path / "records.parquet").read_text(), flush=True)
+        print("reused" if art.reused else "built", (art.path / "records.txt").read_text(), flush=True)
         """
     )
     first = subprocess.Popen([sys.executable, "-c", script, "first"], stdout=subprocess.PIPE, text=True)
