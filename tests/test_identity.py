@@ -152,3 +152,28 @@ def test_path_identity_is_cheap_on_a_15_gb_checkpoint(tmp_path):
     identity = path_identity(ckpt)
     assert time.perf_counter() - start < 1.0
     assert sum(size for _, size, _ in identity["files"]) == 15 * 2**30 + 400
+
+
+def test_pipeline_base_key_of_a_local_checkpoint_follows_its_files(tmp_path):
+    """`model.path` overwritten at the same path must not reuse the old evaluation."""
+    from reasonft.pipeline.runner import Pipeline
+
+    ckpt = _checkpoint(tmp_path)
+
+    def base_key(*extra: str) -> str:
+        cfg = _composed(
+            "model=hf", f"model.path={ckpt}", f"paths.cache_dir={tmp_path / 'cache'}",
+            f"paths.output_dir={tmp_path / 'run'}", *extra,
+        )
+        path, key = Pipeline(cfg).base
+        assert path == str(ckpt)
+        return key
+
+    before = base_key()
+    assert base_key() == before
+    assert base_key("model.dtype=float32") != before
+    weights = ckpt / "model.safetensors"
+    old = weights.stat().st_mtime_ns
+    weights.write_bytes(b"\x02" * 1000)
+    os.utime(weights, ns=(old + 10**9, old + 10**9))
+    assert base_key() != before

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from reasonft.data.records import ANSWER_ALTERNATIVES
 from reasonft.io import read_records, write_json, write_records
 from reasonft.pipeline.artifacts import Artifact, ArtifactStore, content_key
+from reasonft.pipeline.identity import path_identity
 from reasonft.pipeline.report import write_final_report
 from reasonft.selection.teacher_rank import TeacherRanking
 from reasonft.sweep import check_launch, is_rank_zero_process
@@ -88,7 +89,13 @@ class Pipeline:
             self._record(art)
             return art.meta()["summary"]["path"], art.key
         path = model_cfg.path
-        return str(path), f"path:{path}:{OmegaConf.to_container(model_cfg.config_overrides)}"
+        # What is loaded: the files under the path (overwritten in place = another model), not its name.
+        identity = {
+            "model": path_identity(path),
+            "tokenizer": path_identity(model_cfg.tokenizer) if model_cfg.get("tokenizer") else None,
+            "loading": {k: model_cfg.get(k) for k in ("dtype", "attn_implementation", "config_overrides")},
+        }
+        return str(path), f"path:{content_key(identity, {})}"
 
     def load_model(self, path: str) -> tuple[Any, Any]:
         from reasonft.models.loading import load_student, load_tokenizer
