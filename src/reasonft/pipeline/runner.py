@@ -132,9 +132,9 @@ class Pipeline:
     # -- verify: teacher pool (+ self samples) marked correct/incorrect ------------------------
     @cached_property
     def verified(self) -> Artifact:
-        inputs = {}
+        inputs: dict[str, Artifact] = {}
         if "generate" in self.cfg.stages:
-            inputs["generate"] = self.self_samples.key
+            inputs["generate"] = self.self_samples
         cfg = {"verify": self.cfg.verify, "data": self._data_identity()}
 
         def produce(tmp: Path) -> dict[str, Any]:
@@ -165,7 +165,7 @@ class Pipeline:
             write_records(scored, tmp / RECORDS)
             return {"records": len(scored)}
 
-        return self._record(self.store.build("score", cfg, {"verify": self.verified.key}, produce))
+        return self._record(self.store.build("score", cfg, {"verify": self.verified}, produce))
 
     # -- select: the training set, each record with its loss_type --------------------------------
     @cached_property
@@ -188,7 +188,7 @@ class Pipeline:
                 log_selection(self.wandb_run, selection.report, tmp / RECORDS)
             return selection.report
 
-        art = self.store.build("select", self.cfg.select, {upstream.stage: upstream.key}, produce)
+        art = self.store.build("select", self.cfg.select, {upstream.stage: upstream}, produce)
         return self._record(art)
 
     # -- train: fine-tune the student on the selection ------------------------------------------
@@ -206,7 +206,7 @@ class Pipeline:
             "strategy": c.strategy,
             **self._prompting(),
         }
-        inputs = {"select": self.selected.key, "model": self.base[1]}
+        inputs = {"select": self.selected, "model": self.base[1]}
         # Checkpoints live beside the artifact, keyed like it: re-running the same command with
         # `train.ckpt_path=last` resumes an interrupted fit.
         ckpt_dir = self.store.path("train", content_key(cfg, inputs)).with_suffix(".checkpoints")
@@ -230,7 +230,7 @@ class Pipeline:
         return self._record(self.store.build("train", cfg, inputs, produce))
 
     # -- evaluate ------------------------------------------------------------------------------
-    def evaluate(self, tag: str, model_path: str, model_key: str) -> dict[str, Any]:
+    def evaluate(self, tag: str, model_path: str, model_key: str | Artifact) -> dict[str, Any]:
         def produce(tmp: Path) -> dict[str, Any]:
             model, tok = self.load_model(model_path)
             model.eval()
@@ -264,7 +264,7 @@ class Pipeline:
             if "train" in stages:
                 trained = self.trained
                 path = str(trained.path / trained.meta()["summary"]["model"])
-                self.results["trained"] = self.evaluate("trained", path, f"train:{trained.key}")
+                self.results["trained"] = self.evaluate("trained", path, trained)
         if self.results:
             log_eval_table(self.wandb_run, self.results)
         if "report" in stages:
