@@ -97,9 +97,13 @@ def test_concurrent_builders_build_once_and_the_others_wait(tmp_path):
         print("reused" if art.reused else "built", (art.path / "records.txt").read_text(), flush=True)
         """
     )
-    first = subprocess.Popen([sys.executable, "-c", script, "first"], stdout=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-c", script, "first"], stdout=subprocess.PIPE, text=True
+    )
     assert first.stdout.readline().strip() == "building"
-    second = subprocess.Popen([sys.executable, "-c", script, "second"], stdout=subprocess.PIPE, text=True)
+    second = subprocess.Popen(
+        [sys.executable, "-c", script, "second"], stdout=subprocess.PIPE, text=True
+    )
     out_first, _ = first.communicate(timeout=60)
     out_second, _ = second.communicate(timeout=60)
     assert out_first.strip() == "built first"
@@ -109,9 +113,9 @@ def test_concurrent_builders_build_once_and_the_others_wait(tmp_path):
 
 # -- integrity: a reused artifact is verified, and rebuilt (with a warning) when it fails --------
 def _records(n: int, path, tag: str = "") -> None:
-    datasets.Dataset.from_dict({"prompt_id": list(range(n)), "response": [f"{tag}r{i}" for i in range(n)]}).to_parquet(
-        str(path)
-    )
+    datasets.Dataset.from_dict(
+        {"prompt_id": list(range(n)), "response": [f"{tag}r{i}" for i in range(n)]}
+    ).to_parquet(str(path))
 
 
 class _Stages:
@@ -161,7 +165,10 @@ def test_replaced_records_with_fewer_rows_are_rebuilt_and_so_is_downstream(tmp_p
     with caplog.at_level(logging.WARNING):
         second = stages.select()
     assert stages.built == ["score", "select", "score", "select"] and not second.reused
-    assert f"artifact {first.path}: input 'score' ({score.ref}) has digest {rebuilt.digest[:12]} now" in caplog.text
+    assert (
+        f"artifact {first.path}: input 'score' ({score.ref}) has digest {rebuilt.digest[:12]} now"
+        in caplog.text
+    )
     assert second.meta()["inputs"]["score"]["digest"] == rebuilt.digest
     third = stages.select()
     assert third.reused and stages.built.count("select") == 2
@@ -197,7 +204,9 @@ def test_checksum_verification_sees_same_size_edits(tmp_path, caplog):
     def produce(d):
         (d / "report.json").write_text('{"n": 1}')
 
-    build = lambda store: store.build("verify", {}, {}, produce)  # noqa: E731
+    def build(store):
+        return store.build("verify", {}, {}, produce)
+
     art = build(ArtifactStore(tmp_path))
     stat = (art.path / "report.json").stat()
     (art.path / "report.json").write_text('{"n": 7}')
@@ -243,12 +252,22 @@ def test_summary_points_at_the_final_folder(tmp_path):
     def produce(d):
         (d / "model").mkdir()
         (d / "model" / "w.bin").write_bytes(b"w")
-        return {"model": d / "model", "plot": str(d / "p.png"), "mean": np.float32(0.5), "n": np.int64(3)}
+        return {
+            "model": d / "model",
+            "plot": str(d / "p.png"),
+            "mean": np.float32(0.5),
+            "n": np.int64(3),
+        }
 
     art = store.build("train", {}, {}, produce)
     assert ".tmp-" not in str(art.path) and art.path == store.path("train", art.key)
     summary = art.meta()["summary"]
-    assert summary == {"model": str(art.path / "model"), "plot": str(art.path / "p.png"), "mean": 0.5, "n": 3}
+    assert summary == {
+        "model": str(art.path / "model"),
+        "plot": str(art.path / "p.png"),
+        "mean": 0.5,
+        "n": 3,
+    }
     assert Path(summary["model"], "w.bin").read_bytes() == b"w"
 
 
@@ -270,13 +289,19 @@ def test_stale_temp_folders_are_removed_by_the_next_builder_of_their_key(tmp_pat
 def test_clean_stale_removes_temp_folders_whose_lock_is_free(tmp_path):
     store = ArtifactStore(tmp_path)
     kept = store.build("score", {"n": 1}, {}, lambda d: (d / "a.txt").write_text("a") and None)
-    idle = [tmp_path / "score" / ".tmp-aaaaaaaaaaaaaaaa-0badf00d", tmp_path / "train" / ".tmp-bbbbbbbbbbbbbbbb-deadbeef"]
+    idle = [
+        tmp_path / "score" / ".tmp-aaaaaaaaaaaaaaaa-0badf00d",
+        tmp_path / "train" / ".tmp-bbbbbbbbbbbbbbbb-deadbeef",
+    ]
     for folder in idle:
         folder.mkdir(parents=True)
         (folder / "half.bin").write_bytes(b"x")
     busy = tmp_path / "score" / ".tmp-cccccccccccccccc-12345678"
     busy.mkdir()
-    unrelated = [tmp_path / "score" / ".tmp-notes", tmp_path / "score" / "cccccccccccccccc.checkpoints"]
+    unrelated = [
+        tmp_path / "score" / ".tmp-notes",
+        tmp_path / "score" / "cccccccccccccccc.checkpoints",
+    ]
     for folder in unrelated:
         folder.mkdir()
     held = FileLock(str(tmp_path / "score" / ".cccccccccccccccc.lock"))

@@ -36,13 +36,20 @@ def test_seed_override_through_an_interpolation_gives_a_new_key():
         keys[seed] = content_key(config, {"verify": "abc"})
         resolved = OmegaConf.to_container(cfg.generate, resolve=True)
         assert resolved["seed"] == seed
-        assert keys[seed] == _reference_key({"generate": resolved, "model": "base-key"}, {"verify": "abc"})
+        assert keys[seed] == _reference_key(
+            {"generate": resolved, "model": "base-key"}, {"verify": "abc"}
+        )
     assert keys[42] != keys[1]
 
 
 def test_nodes_anywhere_resolve_against_their_root():
     root = OmegaConf.create(
-        {"seed": 7, "lr": 0.5, "a": {"b": {"seed": "${seed}", "lrs": ["${lr}", 1]}}, "names": ["x", "${a.b.seed}"]}
+        {
+            "seed": 7,
+            "lr": 0.5,
+            "a": {"b": {"seed": "${seed}", "lrs": ["${lr}", 1]}},
+            "names": ["x", "${a.b.seed}"],
+        }
     )
     value = {"outer": [root.a, (root.names, {"deep": root.a.b.lrs})], "plain": (1, None, True, "s")}
     expected = {
@@ -59,7 +66,11 @@ def test_nodes_anywhere_resolve_against_their_root():
         ({"a": {"b": [1, object()]}}, TypeError, "config.a.b[1]"),
         ({"a": OmegaConf.create({"lr": "???"})}, ValueError, "config.a.lr"),
         ({"a": [OmegaConf.create({"x": "${nowhere}"})]}, ValueError, "config.a[0].x"),
-        ({"a": OmegaConf.create({"x": "${oc.env:REASONFT_SURELY_UNSET_VARIABLE}"})}, ValueError, "config.a.x"),
+        (
+            {"a": OmegaConf.create({"x": "${oc.env:REASONFT_SURELY_UNSET_VARIABLE}"})},
+            ValueError,
+            "config.a.x",
+        ),
         ({"a": {"n": float("nan")}}, ValueError, "config.a.n"),
         ({"a": {3: "x"}}, TypeError, "config.a"),
         ({"path": Path("/x")}, TypeError, "config.path"),
@@ -102,7 +113,8 @@ def test_path_identity_lists_every_file_with_size_and_mtime(tmp_path):
     single = path_identity(ckpt / "config.json")
     stat = (ckpt / "config.json").stat()
     assert single == {
-        "name": str((ckpt / "config.json").resolve()), "local": True,
+        "name": str((ckpt / "config.json").resolve()),
+        "local": True,
         "files": [["config.json", stat.st_size, stat.st_mtime_ns]],
     }
 
@@ -114,7 +126,9 @@ def test_checkpoint_overwritten_in_place_changes_the_identity_and_the_key(tmp_pa
     weights = ckpt / "model.safetensors"
     old = weights.stat().st_mtime_ns
     weights.write_bytes(b"\x01" * 1000)  # same size, other weights
-    os.utime(weights, ns=(old + 10**9, old + 10**9))  # a later save, whatever the clock's resolution
+    os.utime(
+        weights, ns=(old + 10**9, old + 10**9)
+    )  # a later save, whatever the clock's resolution
     assert path_identity(ckpt) != before
     assert content_key({"eval": {"n": 1}}, {"model": path_identity(ckpt)}) != key_before
     (ckpt / "sub" / "extra.bin").write_bytes(b"x")  # a file added deep inside
@@ -123,7 +137,10 @@ def test_checkpoint_overwritten_in_place_changes_the_identity_and_the_key(tmp_pa
 
 def test_hub_id_is_identified_by_name_and_a_missing_local_path_is_an_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert path_identity("Qwen/Qwen2.5-Math-1.5B") == {"name": "Qwen/Qwen2.5-Math-1.5B", "local": False}
+    assert path_identity("Qwen/Qwen2.5-Math-1.5B") == {
+        "name": "Qwen/Qwen2.5-Math-1.5B",
+        "local": False,
+    }
     assert path_identity("gpt2") == {"name": "gpt2", "local": False}
     for missing in (tmp_path / "no-such-ckpt", "./ckpt", "~/surely/missing/ckpt"):
         with pytest.raises(FileNotFoundError, match="no such file or folder"):
@@ -162,8 +179,11 @@ def test_pipeline_base_key_of_a_local_checkpoint_follows_its_files(tmp_path):
 
     def base_key(*extra: str) -> str:
         cfg = _composed(
-            "model=hf", f"model.path={ckpt}", f"paths.cache_dir={tmp_path / 'cache'}",
-            f"paths.output_dir={tmp_path / 'run'}", *extra,
+            "model=hf",
+            f"model.path={ckpt}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"paths.output_dir={tmp_path / 'run'}",
+            *extra,
         )
         path, key = Pipeline(cfg).base
         assert path == str(ckpt)

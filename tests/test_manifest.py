@@ -13,9 +13,9 @@ from reasonft.pipeline.manifest import build_manifest, manifest_digest, problems
 
 
 def _records(n: int, path) -> None:
-    datasets.Dataset.from_dict({"prompt_id": list(range(n)), "response": [f"r{i}" for i in range(n)]}).to_parquet(
-        str(path)
-    )
+    datasets.Dataset.from_dict(
+        {"prompt_id": list(range(n)), "response": [f"r{i}" for i in range(n)]}
+    ).to_parquet(str(path))
 
 
 def _reference_checksum(path, limit: int, edge: int) -> str:
@@ -48,13 +48,17 @@ def test_digest_hashes_the_entries_without_mtimes(tmp_path):
     (tmp_path / "a.txt").write_text("a")
     entries = build_manifest(tmp_path, exclude="artifact.json")
     reference = hashlib.sha256(
-        json.dumps([{k: v for k, v in e.items() if k != "mtime_ns"} for e in entries], sort_keys=True).encode()
+        json.dumps(
+            [{k: v for k, v in e.items() if k != "mtime_ns"} for e in entries], sort_keys=True
+        ).encode()
     ).hexdigest()
     assert manifest_digest(entries) == reference
     touched = [{**e, "mtime_ns": e["mtime_ns"] + 5} for e in entries]
     assert manifest_digest(touched) == manifest_digest(entries)
     (tmp_path / "a.txt").write_text("b")
-    assert manifest_digest(build_manifest(tmp_path, exclude="artifact.json")) != manifest_digest(entries)
+    assert manifest_digest(build_manifest(tmp_path, exclude="artifact.json")) != manifest_digest(
+        entries
+    )
 
 
 def test_a_file_named_parquet_that_is_not_parquet_fails_the_build(tmp_path):
@@ -75,7 +79,9 @@ def test_problems_by_verify_level(tmp_path):
     notes.write_text("abcdeX")
     os.utime(notes, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert problems(tmp_path, entries, "size") == []
-    assert problems(tmp_path, entries, "checksum") == ["notes.txt has other content (SHA-256 differs from the one it was built with)"]
+    assert problems(tmp_path, entries, "checksum") == [
+        "notes.txt has other content (SHA-256 differs from the one it was built with)"
+    ]
     # Same size, new mtime (an overwrite): re-hashed at the "size" level too.
     os.utime(notes, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert len(problems(tmp_path, entries, "size")) == 1

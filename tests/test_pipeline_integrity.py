@@ -16,7 +16,10 @@ def test_truncated_scores_are_rebuilt_when_a_new_selection_reads_them(tmp_path, 
     first = Pipeline(_cfg(tmp_path, STAGES))
     first.run()
     arts = {a.stage: a for a in first.artifacts}
-    assert arts["select"].meta()["inputs"]["score"] == {"artifact": arts["score"].ref, "digest": arts["score"].digest}
+    assert arts["select"].meta()["inputs"]["score"] == {
+        "artifact": arts["score"].ref,
+        "digest": arts["score"].digest,
+    }
     assert arts["score"].meta()["inputs"]["verify"]["digest"] == arts["verify"].digest
     assert arts["verify"].meta()["inputs"]["generate"]["digest"] == arts["generate"].digest
     records = arts["score"].path / "records.parquet"
@@ -27,7 +30,16 @@ def test_truncated_scores_are_rebuilt_when_a_new_selection_reads_them(tmp_path, 
     with caplog.at_level(logging.WARNING):
         changed = Pipeline(_cfg(tmp_path, STAGES, "select.promote.mu=1.5"))
         changed.run()
-    assert f"artifact {arts['score'].path}: records.parquet has no readable parquet footer" in caplog.text
+    assert (
+        f"artifact {arts['score'].path}: records.parquet has no readable parquet footer"
+        in caplog.text
+    )
     reused = {a.stage: a.reused for a in changed.artifacts}
-    assert reused == {"base": True, "generate": True, "verify": True, "score": False, "select": False}
+    assert reused == {
+        "base": True,
+        "generate": True,
+        "verify": True,
+        "score": False,
+        "select": False,
+    }
     assert len(read_records(records)) == rows

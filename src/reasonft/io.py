@@ -27,7 +27,7 @@ def temp_name(final: str | Path) -> Path:
 def temp_target(tmp: Path) -> Path | None:
     """The final path a name made by `temp_name` stands for (None for any other name)."""
     name = tmp.name
-    stem, dash, tag = name[len(TMP_PREFIX):].rpartition("-")
+    stem, dash, tag = name[len(TMP_PREFIX) :].rpartition("-")
     if not name.startswith(TMP_PREFIX) or not dash or not stem or not _TMP_TAG.match(tag):
         return None
     return tmp.with_name(stem)

@@ -86,7 +86,9 @@ def content_key(config: Any, inputs: Mapping[str, Any]) -> str:
         "config": resolved_plain(config, "config"),
         "inputs": {name: _input_identity(name, value) for name, value in inputs.items()},
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, allow_nan=False).encode()).hexdigest()[:16]
+    return hashlib.sha256(
+        json.dumps(payload, sort_keys=True, allow_nan=False).encode()
+    ).hexdigest()[:16]
 
 
 class ArtifactStore:
@@ -163,7 +165,9 @@ class ArtifactStore:
                 finally:
                     lock.release()
         if removed:
-            log.info("removed %d temporary folder(s) of killed builds under %s", len(removed), self.root)
+            log.info(
+                "removed %d temporary folder(s) of killed builds under %s", len(removed), self.root
+            )
         return removed
 
     # -- internals -------------------------------------------------------------------------------
@@ -197,7 +201,10 @@ class ArtifactStore:
             recorded_inputs = meta["inputs"]
             found = problems(final, manifest, self.verify)
         except (OSError, ValueError, KeyError, TypeError) as err:
-            return None, f"{META_FILE} is unreadable or has no manifest ({type(err).__name__}: {err})"
+            return (
+                None,
+                f"{META_FILE} is unreadable or has no manifest ({type(err).__name__}: {err})",
+            )
         for name, value in inputs.items():
             if not isinstance(value, Artifact):
                 continue  # plain identities are in the key itself
@@ -213,7 +220,9 @@ class ArtifactStore:
         extra = unlisted_files(final, manifest, META_FILE)
         if extra:
             log.warning("artifact %s: files not in its manifest (ignored): %s", final, extra)
-        return Artifact(stage, key, final, reused=True, seconds=0.0, digest=manifest_digest(manifest)), None
+        return Artifact(
+            stage, key, final, reused=True, seconds=0.0, digest=manifest_digest(manifest)
+        ), None
 
     def _produce(
         self,
@@ -242,7 +251,9 @@ class ArtifactStore:
             }
             # The metadata file is written last: a folder without it never counts as complete.
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
-        return Artifact(stage, key, final, reused=False, seconds=time.perf_counter() - start, digest=digest)
+        return Artifact(
+            stage, key, final, reused=False, seconds=time.perf_counter() - start, digest=digest
+        )
 
 
 def _recorded_input(name: str, value: Any) -> Any:

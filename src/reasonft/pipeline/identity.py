@@ -34,8 +34,10 @@ def resolved_plain(value: Any, where: str = "config") -> Any:
         if value._is_none():
             return None
         return {
-            _plain_key(key, where): resolved_plain(_child(value, key, f"{where}.{key}"), f"{where}.{key}")
-            for key in value.keys()
+            _plain_key(key, where): resolved_plain(
+                _child(value, key, f"{where}.{key}"), f"{where}.{key}"
+            )
+            for key in value
         }
     if isinstance(value, ListConfig):
         if value._is_missing():
@@ -43,7 +45,8 @@ def resolved_plain(value: Any, where: str = "config") -> Any:
         if value._is_none():
             return None
         return [
-            resolved_plain(_child(value, i, f"{where}[{i}]"), f"{where}[{i}]") for i in range(len(value))
+            resolved_plain(_child(value, i, f"{where}[{i}]"), f"{where}[{i}]")
+            for i in range(len(value))
         ]
     if isinstance(value, Mapping):
         return {_plain_key(k, where): resolved_plain(v, f"{where}.{k}") for k, v in value.items()}
@@ -119,5 +122,7 @@ def _file_entry(path: Path, rel: str) -> list[Any]:
     try:
         stat = path.stat()  # follows symlinks: a Hub cache snapshot links to its blobs
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: a symlink to a missing target ({os.readlink(path)})") from None
+        raise FileNotFoundError(
+            f"{path}: a symlink to a missing target ({os.readlink(path)})"
+        ) from None
     return [rel, stat.st_size, stat.st_mtime_ns]

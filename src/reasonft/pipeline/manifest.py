@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 FULL_HASH_LIMIT = 256 * 2**20
@@ -66,13 +67,19 @@ def build_manifest(folder: Path, exclude: str) -> list[dict[str, Any]]:
         stat = path.stat()
         how, sha = file_checksum(path, stat.st_size)
         entry: dict[str, Any] = {
-            "path": rel, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "hashed": how, "sha256": sha,
+            "path": rel,
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "hashed": how,
+            "sha256": sha,
         }
         if rel.endswith(".parquet"):
             try:
                 entry["rows"] = parquet_rows(path)
-            except Exception as err:  # pyarrow raises several types for a damaged footer
-                raise ValueError(f"{path}: named .parquet but not a readable Parquet file ({err})") from err
+            except (pa.ArrowException, OSError) as err:
+                raise ValueError(
+                    f"{path}: named .parquet but not a readable Parquet file ({err})"
+                ) from err
         entries.append(entry)
     return entries
 
@@ -95,7 +102,7 @@ def problems(folder: Path, manifest: list[dict[str, Any]], verify: Verify) -> li
         if "rows" in entry:
             try:
                 rows = parquet_rows(path)
-            except Exception as err:  # pyarrow raises several types for a damaged footer
+            except (pa.ArrowException, OSError) as err:
                 found.append(f"{rel} has no readable parquet footer ({type(err).__name__}: {err})")
                 continue
             if rows != entry["rows"]:
@@ -104,9 +111,11 @@ def problems(folder: Path, manifest: list[dict[str, Any]], verify: Verify) -> li
         if stat.st_size != entry["size"]:
             found.append(f"{rel} has {stat.st_size} bytes, built with {entry['size']}")
             continue
-        if verify == "checksum" or stat.st_mtime_ns != entry["mtime_ns"]:
-            if file_checksum(path, stat.st_size)[1] != entry["sha256"]:
-                found.append(f"{rel} has other content (SHA-256 differs from the one it was built with)")
+        rehash = verify == "checksum" or stat.st_mtime_ns != entry["mtime_ns"]
+        if rehash and file_checksum(path, stat.st_size)[1] != entry["sha256"]:
+            found.append(
+                f"{rel} has other content (SHA-256 differs from the one it was built with)"
+            )
     return found
 
 
