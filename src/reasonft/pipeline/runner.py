@@ -41,6 +41,14 @@ from reasonft.wandb_artifacts import (
 log = logging.getLogger(__name__)
 
 RECORDS = "records.parquet"
+UPSTREAM_ATTR = {
+    "base": "base_artifact",
+    "generate": "self_samples",
+    "verify": "verified",
+    "score": "scored",
+    "select": "selected",
+    "train": "trained",
+}
 # What a user looks at, copied from each artifact into the run folder.
 SHOWN_FILES = ("*.md", "*.png", "report.json", "selection_report.json", "train_report.json")
 
@@ -53,7 +61,7 @@ class Pipeline:
         self.parts: Components = start(cfg)
         self.plan = self.parts.plan
         self.wandb_run = wandb_run
-        self.store = ArtifactStore(cfg.paths.artifacts_dir)
+        self.store = ArtifactStore(cfg.paths.artifacts_dir, verify=cfg.paths.get("artifacts_verify", "size"))
         self.out_dir = Path(cfg.paths.output_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.artifacts: list[Artifact] = []
@@ -80,7 +88,8 @@ class Pipeline:
     def model_identity(self) -> dict[str, Any]:
         """The base student as the stages load it: its weights and every load argument."""
         m = self.config["model"]
-        weights = f"base:{self.key('base')}" if "base" in self.plan.stages else path_identity(m["path"])
+        # A built student is identified by its base artifact (an input of its own).
+        weights = None if "base" in self.plan.stages else path_identity(m["path"])
         return {"weights": weights, "load": self._load_args(m)}
 
     @staticmethod
@@ -93,12 +102,20 @@ class Pipeline:
         }
 
     # -- what each artifact's key hashes ----------------------------------------------------------
-    def spec(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    def spec(self, name: str, built: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
         """(config, inputs) of an artifact: the slice of resolved config its stage reads, and the
-        identities of what it reads besides (model, upstream artifact keys). `name` is a stage,
-        or `evaluate:base` / `evaluate:trained`."""
+        identities of what it reads besides (model, upstream artifacts). `name` is a stage, or
+        `evaluate:base` / `evaluate:trained`. With `built`, upstream artifacts are handed over as
+        built `Artifact`s (the store checks their digests on reuse); else as their references,
+        which hash the same, so keys are known before anything is built."""
         stage, _, tag = name.partition(":")
         config = self.slice(stage)
+
+        def up(upstream: str) -> Artifact | str:
+            if built:
+                return getattr(self, UPSTREAM_ATTR[upstream])
+            return f"{upstream}/{self.key(upstream)}"
+
         if stage == "base":
             builder = self.parts.builder
             # The builder's folder name hashes what the config cannot show (its code version).
@@ -106,27 +123,31 @@ class Pipeline:
             return config, identity
         if stage in ("generate", "verify", "evaluate"):
             config["data_version"] = self._data_identity()
+        model: dict[str, Any] = {"model": self.model_identity}
+        if "base" in self.plan.stages:
+            model["base"] = up("base")
         if stage == "generate":
-            return config, {"model": self.model_identity}
+            return config, model
         if stage == "verify":
             config["self_samples"] = self.plan.self_samples
-            return config, {"generate": self.key("generate")} if self.plan.self_samples else {}
+            return config, {"generate": up("generate")} if self.plan.self_samples else {}
         if stage == "score":
             # What the (possibly widened) scorer produces, not what the selector asked for.
-            config["produces"] = sorted(getattr(self.parts.scorer, "produces", ()))
-            return config, {"verify": self.key("verify"), "model": self.model_identity}
+            config["produces"] = sorted(self.parts.scorer.produces)
+            return config, {"verify": up("verify"), **model}
         if stage == "select":
-            upstream = "score" if self.plan.select_reads_scores else "verify"
-            return config, {upstream: self.key(upstream)}
+            return config, {self._select_reads: up(self._select_reads)}
         if stage == "train":
-            return config, {"select": self.key("select"), "model": self.model_identity}
+            return config, {"select": up("select"), **model}
+        if stage == "evaluate" and tag == "trained":
+            return config, {"train": up("train"), "load": self.model_identity["load"]}
         if stage == "evaluate":
-            if tag == "trained":
-                model = {"weights": f"train:{self.key('train')}", "load": self.model_identity["load"]}
-            else:
-                model = self.model_identity
-            return config, {"model": model}
+            return config, model
         raise ValueError(f"no artifact {name!r}")
+
+    @property
+    def _select_reads(self) -> str:
+        return "score" if self.plan.select_reads_scores else "verify"
 
     def key(self, name: str) -> str:
         return content_key(*self.spec(name))
@@ -149,7 +170,7 @@ class Pipeline:
 
     def _build(self, name: str, produce: Any) -> Artifact:
         stage, _, tag = name.partition(":")
-        art = self.store.build(stage, *self.spec(name), produce)
+        art = self.store.build(stage, *self.spec(name, built=True), produce)
         return self._record(art, f"{stage}-{tag}" if tag else stage)
 
     # -- base: the student before fine-tuning ----------------------------------------------------
@@ -238,7 +259,7 @@ class Pipeline:
     # -- select: the training set, each record with its loss_type --------------------------------
     @cached_property
     def selected(self) -> Artifact:
-        upstream = self.scored if self.plan.select_reads_scores else self.verified
+        upstream = getattr(self, UPSTREAM_ATTR[self._select_reads])
 
         def produce(tmp: Path) -> dict[str, Any]:
             from reasonft.selection.report import write_report
@@ -303,8 +324,8 @@ class Pipeline:
     # -- the run --------------------------------------------------------------------------------
     def run(self) -> float | None:
         log.info("plan: %s", self.plan.describe())
-        if hasattr(self.store, 'clean_stale'):
-            self.store.clean_stale()
+        for stale in self.store.clean_stale():
+            log.info("removed the temporary folder of an interrupted build: %s", stale)
         stages = self.plan.stages
         for stage, attr in (
             ("base", "base_artifact"),
