@@ -64,5 +64,7 @@ def training_flops_per_token(shape: DecoderShape, seq_len: int, causal: bool = F
     return 6 * shape.linear_weights + attention
 
 
-def model_flops_utilisation(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float:
+def model_flops_utilisation(
+    tokens_per_s: float, flops_per_token: float, peak_flops: float
+) -> float:
     return tokens_per_s * flops_per_token / peak_flops

@@ -31,6 +31,7 @@ import contextlib
 import datetime
 import importlib
 import json
+import math
 import multiprocessing
 import os
 import sys
@@ -176,11 +177,21 @@ def step_environment(ctx: Context, record: StepRecord) -> None:
     import torch
 
     versions = {}
-    for name in ("torch", "transformers", "pytorch_lightning", "accelerate", "datasets", "trl",
-                 "hydra", "omegaconf", "tokenizers", "pytest"):
+    for name in (
+        "torch",
+        "transformers",
+        "pytorch_lightning",
+        "accelerate",
+        "datasets",
+        "trl",
+        "hydra",
+        "omegaconf",
+        "tokenizers",
+        "pytest",
+    ):
         try:
             versions[name] = importlib.import_module(name).__version__
-        except Exception as error:  # a missing package is a finding, not a failure of this step
+        except Exception as error:  # noqa: BLE001  (a missing package is a finding here)
             versions[name] = f"unavailable: {error!r}"
     record.result = {"python": sys.version.split()[0], "versions": versions, "cuda": ctx.cuda}
     if ctx.cuda:
@@ -302,7 +313,7 @@ def step_train(ctx: Context, record: StepRecord) -> None:
                 }
                 try:
                     entry.update(measure(engine, workdir, run))
-                except Exception:
+                except Exception:  # noqa: BLE001  (recorded; the other runs still go)
                     entry["error"] = traceback.format_exc()[-6000:]
                     failures.append(f"{engine} at {length} tokens, checkpointing {checkpointing}")
                     _free_cuda(ctx)
@@ -409,7 +420,7 @@ def step_score(ctx: Context, record: StepRecord) -> None:
         began = time.perf_counter()
         scores = scorer.score(records, model, tokenizer)[name]
         seconds = time.perf_counter() - began
-        if not all(isinstance(s, float) and s == s for s in scores):
+        if not all(isinstance(s, float) and math.isfinite(s) for s in scores):
             raise RuntimeError(f"{name}: non-finite or missing scores {scores[:4]}")
         record.result[name] = {
             "seconds": seconds,
@@ -463,9 +474,18 @@ STEPS: dict[str, Callable[[Context, StepRecord], None]] = {
 }
 # Imported once in the parent so that each forked step starts without paying for them.
 PRELOAD = (
-    "torch", "transformers", "pytorch_lightning", "datasets", "trl", "pytest",
-    "train_throughput", "score_throughput", "generate_throughput",
-    "reasonft.training.module", "reasonft.scoring.scorer", "reasonft.generation.hf",
+    "torch",
+    "transformers",
+    "pytorch_lightning",
+    "datasets",
+    "trl",
+    "pytest",
+    "train_throughput",
+    "score_throughput",
+    "generate_throughput",
+    "reasonft.training.module",
+    "reasonft.scoring.scorer",
+    "reasonft.generation.hf",
 )
 
 
@@ -479,9 +499,12 @@ def _child(fn: Callable[[Context, StepRecord], None], ctx: Context, path: Path) 
         fn(ctx, record)
     except StepSkipped as reason:
         record.save("skipped", reason=str(reason))
-    except BaseException as error:
-        record.save("failed", reason=f"{type(error).__name__}: {error}"[:500],
-                    error=traceback.format_exc()[-8000:])
+    except BaseException as error:  # noqa: BLE001  (the step's whole point: record, go on)
+        record.save(
+            "failed",
+            reason=f"{type(error).__name__}: {error}"[:500],
+            error=traceback.format_exc()[-8000:],
+        )
         sys.stdout.flush()
         os._exit(1)
     else:
@@ -541,8 +564,11 @@ def run_all(outdir: Path, dry_run: bool) -> dict[str, Any]:
         for name in STEPS:
             print(f"== gpu_check: {name} (limit {sizes.limits_s[name]} s)", flush=True)
             step = run_step(name, ctx, sizes.limits_s[name])
-            print(f"== gpu_check: {name}: {step['status']} in {step['seconds']} s "
-                  f"{step.get('reason', '')}", flush=True)
+            print(
+                f"== gpu_check: {name}: {step['status']} in {step['seconds']} s "
+                f"{step.get('reason', '')}",
+                flush=True,
+            )
             report["steps"].append(step)
             report["seconds"] = round(time.perf_counter() - began, 2)
             write_outputs(report, outdir)
@@ -568,13 +594,20 @@ def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
 
 def markdown(report: dict[str, Any]) -> str:
     mode = f"dry run ({report['why_dry']})" if report["dry_run"] else "CUDA"
-    lines = [f"# GPU check — {mode}", "", f"Started {report['started']}, "
-             f"{report.get('seconds', 0):.0f} s in all.", ""]
+    took = f"Started {report['started']}, {report.get('seconds', 0):.0f} s in all."
+    lines = [f"# GPU check — {mode}", "", took, ""]
     lines += _table(
         ["step", "status", "seconds", "limit s", "note"],
-        [[s["name"], s["status"], s["seconds"], s["limit_s"],
-          (s.get("reason") or "").replace("|", "/").replace("\n", " ")[:200]]
-         for s in report["steps"]],
+        [
+            [
+                s["name"],
+                s["status"],
+                s["seconds"],
+                s["limit_s"],
+                (s.get("reason") or "").replace("|", "/").replace("\n", " ")[:200],
+            ]
+            for s in report["steps"]
+        ],
     )
     steps = {s["name"]: s for s in report["steps"]}
     for step in report["steps"]:
@@ -582,53 +615,108 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"- {step['name']}: {part} skipped — {why}")
     train = steps.get("train", {}).get("result", {})
     if train.get("runs"):
-        lines += ["", "## Training (bf16-mixed, micro-batch 1)", "",
-                  f"bf16 matmul {train['matmul_bf16']['n']}³ in this run: "
-                  f"{train['matmul_bf16']['tflops_per_s']:.1f} TFLOP/s "
-                  f"(datasheet dense bf16 {train['datasheet_dense_bf16_tflops_per_s']:.0f}).", ""]
+        matmul = (
+            f"bf16 matmul {train['matmul_bf16']['n']}³ in this run: "
+            f"{train['matmul_bf16']['tflops_per_s']:.1f} TFLOP/s "
+            f"(datasheet dense bf16 {train['datasheet_dense_bf16_tflops_per_s']:.0f})."
+        )
+        lines += ["", "## Training (bf16-mixed, micro-batch 1)", "", matmul, ""]
         lines += _table(
-            ["engine", "tokens", "act. ckpt", "tokens/s", "model TFLOP/s", "MFU (datasheet)",
-             "MFU (matmul)", "peak MiB", "error"],
-            [[r["engine"], r["length"], r["activation_checkpointing"], r.get("tokens_per_s"),
-              r.get("model_tflops_per_s"), r.get("mfu_datasheet"), r.get("mfu_measured_matmul"),
-              r.get("peak_memory_mb"), "yes" if "error" in r else ""] for r in train["runs"]],
+            [
+                "engine",
+                "tokens",
+                "act. ckpt",
+                "tokens/s",
+                "model TFLOP/s",
+                "MFU (datasheet)",
+                "MFU (matmul)",
+                "peak MiB",
+                "error",
+            ],
+            [
+                [
+                    r["engine"],
+                    r["length"],
+                    r["activation_checkpointing"],
+                    r.get("tokens_per_s"),
+                    r.get("model_tflops_per_s"),
+                    r.get("mfu_datasheet"),
+                    r.get("mfu_measured_matmul"),
+                    r.get("peak_memory_mb"),
+                    "yes" if "error" in r else "",
+                ]
+                for r in train["runs"]
+            ],
         )
         if train.get("pairs"):
             lines += [""] + _table(
                 ["tokens", "act. ckpt", "tokens/s reasonft / TRL", "peak memory reasonft / TRL"],
-                [[p["length"], p["activation_checkpointing"],
-                  p["tokens_per_s_ratio_reasonft_over_trl"],
-                  p["peak_memory_ratio_reasonft_over_trl"]] for p in train["pairs"]],
+                [
+                    [
+                        p["length"],
+                        p["activation_checkpointing"],
+                        p["tokens_per_s_ratio_reasonft_over_trl"],
+                        p["peak_memory_ratio_reasonft_over_trl"],
+                    ]
+                    for p in train["pairs"]
+                ],
             )
     score = steps.get("score", {}).get("result", {})
     if "lalp" in score:
-        lines += ["", "## Scoring (bf16)", "",
-                  f"{score['responses']} responses, mean {score['mean_response_tokens']:.0f} "
-                  f"response tokens, {score['steps']} steps, LALP k = {score['window']}.", ""]
+        pool = (
+            f"{score['responses']} responses, mean {score['mean_response_tokens']:.0f} "
+            f"response tokens, {score['steps']} steps, LALP k = {score['window']}."
+        )
+        lines += ["", "## Scoring (bf16)", "", pool, ""]
         lines += _table(
             ["method", "seconds", "response tokens/s", "peak MiB"],
-            [[m, score[m]["seconds"], score[m]["response_tokens_per_s"],
-              score[m]["peak_memory_mb"]] for m in ("galp", "lalp")],
+            [
+                [
+                    m,
+                    score[m]["seconds"],
+                    score[m]["response_tokens_per_s"],
+                    score[m]["peak_memory_mb"],
+                ]
+                for m in ("galp", "lalp")
+            ],
         )
-        lines += ["", f"LALP/GALP time {score['lalp_over_galp_seconds']:.2f}; "
-                  f"window tokens {score['lalp_over_galp_window_tokens']:.2f}."]
+        ratios = (
+            f"LALP/GALP time {score['lalp_over_galp_seconds']:.2f}; "
+            f"window tokens {score['lalp_over_galp_window_tokens']:.2f}."
+        )
+        lines += ["", ratios]
     gen = steps.get("generate", {}).get("result", {})
     if "hf_generator_tokens_per_s" in gen:
         lines += ["", "## Generation (hf backend)", ""]
         lines += _table(
             ["model", "samples", "new tokens", "HFGenerator tokens/s", "native tokens/s", "ratio"],
-            [[gen["label"], gen["samples"], gen["max_new_tokens"],
-              gen["hf_generator_tokens_per_s"], gen["native_tokens_per_s"],
-              gen["ratio_hf_generator_over_native"]]],
+            [
+                [
+                    gen["label"],
+                    gen["samples"],
+                    gen["max_new_tokens"],
+                    gen["hf_generator_tokens_per_s"],
+                    gen["native_tokens_per_s"],
+                    gen["ratio_hf_generator_over_native"],
+                ]
+            ],
         )
     tests = steps.get("gpu_tests", {}).get("result", {})
     if tests.get("tests"):
         lines += ["", "## gpu-marked tests", ""]
         lines += _table(
             ["test", "outcome", "seconds", "reason"],
-            [[t, e["outcome"], e["seconds"],
-              (e.get("reason") or e.get("error", ""))[-160:].replace("|", "/").replace("\n", " ")]
-             for t, e in tests["tests"].items()],
+            [
+                [
+                    t,
+                    e["outcome"],
+                    e["seconds"],
+                    (e.get("reason") or e.get("error", ""))[-160:]
+                    .replace("|", "/")
+                    .replace("\n", " "),
+                ]
+                for t, e in tests["tests"].items()
+            ],
         )
     failed = [s for s in report["steps"] if s.get("error")]
     if failed:

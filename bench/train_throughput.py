@@ -17,6 +17,9 @@ Each run is its own subprocess (so peak RSS is per run), alternating reasonft, T
 TRL, ...; the first `--warmup` steps of a run are not timed. Tokens/s counts every input token of
 the timed steps. Prints per-run figures, the mean per trainer, the ratio reasonft / TRL (with the
 ratio of each adjacent pair, which shows how much the shared CPU moved) and the load average.
+
+`TrainRun` also takes the device, the precision, activation checkpointing and the model shape:
+bench/gpu_check.py calls `make_inputs` and `measure` with the 1.5B shape, bf16-mixed, on CUDA.
 """
 
 from __future__ import annotations
