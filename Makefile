@@ -32,7 +32,8 @@ clean-cache:
 
 # The packages bench/gpu_check.sh needs that the GPU machine (Python 3.12, x86-64, no network)
 # lacks, as wheels in .whl/ (git-ignored; carried to that machine). antlr4-python3-runtime 4.9.3
-# (hydra's parser) exists only as a source archive: it is built here (pure Python).
+# (hydra's parser) exists only as a source archive: it is built here (pure Python). Carry .whl
+# with the device run (`carry: [".whl"]`); see bench/gpu_check.py.
 WHEELS    ?= .whl
 WHEEL_TAG := --only-binary=:all: --python-version 3.12 --implementation cp \
              --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
@@ -43,7 +44,11 @@ wheels: $(VENV)/.installed
 	  $$(grep -v -e '^#' -e '^antlr4' bench/gpu_wheels.txt)
 	$(PY) -m pip wheel -q --no-deps --no-binary=:all: -w $(WHEELS) \
 	  $$(grep '^antlr4' bench/gpu_wheels.txt)
-	@ls $(WHEELS) && du -ch $(WHEELS)/*.whl | tail -1
+	# ../shared does not travel to the GPU machine: the 1.5B config goes along in .whl/.
+	if [ -f ../shared/reference/qwen2.5-math-1.5b.config.json ]; then \
+	  mkdir -p $(WHEELS)/reference && \
+	  cp ../shared/reference/qwen2.5-math-1.5b.config.json $(WHEELS)/reference/; fi
+	@ls -R $(WHEELS) && du -sh $(WHEELS)
 
 # The GPU check's CPU dry run (what tests/test_gpu_check.py runs).
 gpu-check-dry: $(VENV)/.installed

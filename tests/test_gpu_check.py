@@ -177,18 +177,11 @@ def test_causal_attention_flops_count_each_visible_pair_once() -> None:
 
 
 def test_qwen_1_5b_shape_and_mfu() -> None:
-    config = (
-        json.loads(gpu_check.REFERENCE_CONFIG.read_text())
-        if gpu_check.REFERENCE_CONFIG.is_file()
-        else {
-            "num_hidden_layers": 28,
-            "hidden_size": 1536,
-            "num_attention_heads": 12,
-            "num_key_value_heads": 2,
-            "intermediate_size": 8960,
-            "vocab_size": 151936,
-        }
-    )
+    path = gpu_check.reference_config()
+    config = json.loads(path.read_text()) if path else {
+        "num_hidden_layers": 28, "hidden_size": 1536, "num_attention_heads": 12,
+        "num_key_value_heads": 2, "intermediate_size": 8960, "vocab_size": 151936,
+    }  # fmt: skip
     shape = flops.DecoderShape.from_config(config)
     assert (shape.head_dim, shape.kv_heads) == (128, 2)
     # Qwen2.5-Math-1.5B: 1.54B parameters, of which the 233M embedding is also the lm_head.
