@@ -2,6 +2,7 @@
 
     bench/gpu_check.sh OUTDIR               # the GPU machine: installs .whl/ first, then this
     bench/gpu_check.sh OUTDIR --dry-run     # anywhere: tiny sizes, the CUDA-only parts skipped
+    bench/gpu_check.sh OUTDIR --only train,score   # a rerun of some steps
     python bench/gpu_check.py OUTDIR [--dry-run]   # the same, packages already installed
 
 Steps, in this order, each in a forked child with its own time limit: a step that fails, hangs
@@ -571,7 +572,7 @@ def cuda_available() -> bool:
     return probe.exitcode == 0
 
 
-def run_all(outdir: Path, dry_run: bool) -> dict[str, Any]:
+def run_all(outdir: Path, dry_run: bool, only: tuple[str, ...] = tuple(STEPS)) -> dict[str, Any]:
     began = time.perf_counter()
     for module in PRELOAD:
         with contextlib.suppress(Exception):  # the step that needs it reports the failure
@@ -590,7 +591,7 @@ def run_all(outdir: Path, dry_run: bool) -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         ctx = Context(dry_run=not cuda, cuda=cuda, sizes=sizes, workdir=Path(tmp))
-        for name in STEPS:
+        for name in only:
             print(f"== gpu_check: {name} (limit {sizes.limits_s[name]} s)", flush=True)
             step = run_step(name, ctx, sizes.limits_s[name])
             print(
@@ -768,11 +769,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dry-run", action="store_true", help="tiny sizes on the CPU even where CUDA is present"
     )
+    parser.add_argument(
+        "--only",
+        type=lambda text: tuple(text.split(",")),
+        default=tuple(STEPS),
+        help=f"comma-separated steps to run, in the usual order (default: all of {','.join(STEPS)})",
+    )
     args = parser.parse_args(argv)
+    unknown = [name for name in args.only if name not in STEPS]
+    if unknown:
+        parser.error(f"--only {','.join(unknown)}: no such step; the steps are {','.join(STEPS)}")
+    only = tuple(name for name in STEPS if name in args.only)
     if args.dry_run:  # also for the gpu-marked tests' own CUDA check (tests/conftest.py)
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     sys.stdout.reconfigure(line_buffering=True)
-    report = run_all(args.outdir, args.dry_run)
+    report = run_all(args.outdir, args.dry_run, only)
     statuses = {s["name"]: s["status"] for s in report["steps"]}
     print(f"gpu_check: {statuses}; {args.outdir / 'gpu_check.md'}")
     return 0

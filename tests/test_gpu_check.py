@@ -125,6 +125,12 @@ def test_each_step_is_guarded_and_the_next_one_still_runs(tmp_path: Path, monkey
     assert "broken on purpose" in md and "| hangs | timeout |" in md
 
 
+def test_only_names_known_steps(capsys) -> None:
+    with pytest.raises(SystemExit):
+        gpu_check.main(["out", "--only", "train,nonsense"])
+    assert "--only nonsense: no such step" in capsys.readouterr().err
+
+
 # ---- FLOPs ------------------------------------------------------------------------------
 
 TINY = {
