@@ -21,6 +21,7 @@ import gpu_check
 import matmul_peak
 
 
+@pytest.mark.slow  # 25-50 s on 2 busy cores, most of it importing torch, Lightning, TRL
 def test_dry_run_writes_every_step_with_a_status(tmp_path: Path) -> None:
     outdir = tmp_path / "out"
     env = {
