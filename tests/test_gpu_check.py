@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import flops
 import gpu_check
+import gpu_check_report
 import matmul_peak
 
 
@@ -122,7 +123,7 @@ def test_each_step_is_guarded_and_the_next_one_still_runs(tmp_path: Path, monkey
     assert "exit code 3" in results["dies"]["reason"]
     assert results["skips"]["reason"] == "not here"
     report = {"started": "t", "dry_run": True, "why_dry": "test", "steps": list(results.values())}
-    md = gpu_check.markdown(report)
+    md = gpu_check_report.markdown(report)
     assert "broken on purpose" in md and "| hangs | timeout |" in md
 
 
