@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # machine the CUDA build of the same version.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-fast lint bench clean-cache
+.PHONY: demo test test-fast lint bench clean-cache wheels gpu-check-dry
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,3 +29,27 @@ lint: $(VENV)/.installed
 
 clean-cache:
 	rm -rf .cache/reasonft
+
+# The packages bench/gpu_check.sh needs that the GPU machine (Python 3.12, x86-64, no network)
+# lacks, as wheels in .whl/ (git-ignored; carried to that machine). antlr4-python3-runtime 4.9.3
+# (hydra's parser) exists only as a source archive: it is built here (pure Python). Carry .whl
+# with the device run (`carry: [".whl"]`); see bench/gpu_check.py.
+WHEELS    ?= .whl
+WHEEL_TAG := --only-binary=:all: --python-version 3.12 --implementation cp \
+             --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+             --platform manylinux_2_28_x86_64
+wheels: $(VENV)/.installed
+	rm -rf $(WHEELS) && mkdir -p $(WHEELS)
+	$(PY) -m pip download -q --no-deps $(WHEEL_TAG) -d $(WHEELS) \
+	  $$(grep -v -e '^#' -e '^antlr4' bench/gpu_wheels.txt)
+	$(PY) -m pip wheel -q --no-deps --no-binary=:all: -w $(WHEELS) \
+	  $$(grep '^antlr4' bench/gpu_wheels.txt)
+	# ../shared does not travel to the GPU machine: the 1.5B config goes along in .whl/.
+	if [ -f ../shared/reference/qwen2.5-math-1.5b.config.json ]; then \
+	  mkdir -p $(WHEELS)/reference && \
+	  cp ../shared/reference/qwen2.5-math-1.5b.config.json $(WHEELS)/reference/; fi
+	@ls -R $(WHEELS) && du -sh $(WHEELS)
+
+# The GPU check's CPU dry run (what tests/test_gpu_check.py runs).
+gpu-check-dry: $(VENV)/.installed
+	PYTHON=$(PY) bench/gpu_check.sh outputs/gpu_check_dry --dry-run

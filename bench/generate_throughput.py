@@ -60,7 +60,8 @@ def native_sampling(model, tokenizer, problems, n, batch_size, max_new_tokens, t
     return len(rows), tokens, time.perf_counter() - start
 
 
-def measure(label: str, model, tokenizer, problems, args) -> None:
+def measure(label: str, model, tokenizer, problems, args) -> dict:
+    """HFGenerator and native sampling on the same prompts; prints one line, returns its figures."""
     model.eval()
     gen = HFGenerator(
         n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
@@ -81,6 +82,18 @@ def measure(label: str, model, tokenizer, problems, args) -> None:
         f"native {samples / seconds:>7.2f} samples/s {tokens / seconds:>8.1f} tok/s   "
         f"ratio {ours['tokens_per_s'] / (tokens / seconds):.2f}"
     )
+    return {
+        "label": label,
+        "params_m": params,
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "samples": ours["samples"],
+        "max_new_tokens": args.max_new_tokens,
+        "hf_generator_tokens_per_s": ours["tokens_per_s"],
+        "hf_generator_samples_per_s": ours["samples_per_s"],
+        "native_tokens_per_s": tokens / seconds,
+        "native_samples_per_s": samples / seconds,
+        "ratio_hf_generator_over_native": ours["tokens_per_s"] / (tokens / seconds),
+    }
 
 
 def main() -> None:

@@ -88,6 +88,17 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, list[dict[str, Any]]]:
     return model, tokenizer, records
 
 
+def count_window_tokens(examples: list[Any], window: int) -> int:
+    """Response tokens that exact LALP re-encodes: every window group from its first step."""
+    total = 0
+    for ex in examples:
+        bounds = ex.step_bounds()
+        total += sum(
+            bounds[last][1] - bounds[s][0] for s, _, last in window_groups(len(bounds), window)
+        )
+    return total
+
+
 def naive_lalp(
     model: Any, tokenizer: Any, records: list[dict[str, Any]], window: int
 ) -> list[float]:
@@ -133,12 +144,7 @@ def throughput(args: argparse.Namespace) -> None:
     n_resp = sum(len(ex.response_ids) for ex in examples)
     n_prompt = sum(len(ex.prompt_ids) for ex in examples)
     n_steps = sum(ex.n_steps for ex in examples)
-    window_tokens = 0
-    for ex in examples:
-        bounds = ex.step_bounds()
-        window_tokens += sum(
-            bounds[last][1] - bounds[s][0] for s, _, last in window_groups(len(bounds), args.window)
-        )
+    window_tokens = count_window_tokens(examples, args.window)
     print(
         f"model: Qwen2 vocab {VOCAB}, hidden {args.hidden}, {args.layers} layers, intermediate "
         f"{args.intermediate}, heads {args.heads}/{args.kv_heads}, float32, CPU threads {args.threads}"
