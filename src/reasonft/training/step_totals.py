@@ -11,8 +11,7 @@ tag on with the record, and `CollateWithStepTotals` puts it in the collated batc
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torch.utils.data import Dataset
 
@@ -20,10 +19,10 @@ if TYPE_CHECKING:
     from reasonft.training.sampler import MixedBatchSampler
 
 
-@dataclass(frozen=True)
-class StepTotals:
+class StepTotals(NamedTuple):
     """One optimiser step over all its micro-batches and ranks, per record `loss_type`:
-    `sequences` with at least one scored token, and scored `tokens`."""
+    `sequences` with at least one scored token, and scored `tokens`. (A named tuple, which
+    Lightning's batch transfer rebuilds; it refuses frozen dataclasses.)"""
 
     sequences: Mapping[str, int]
     tokens: Mapping[str, int]
