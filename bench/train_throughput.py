@@ -125,13 +125,17 @@ def _peak_rss_mb() -> float:
 def run_reasonft(
     workdir: Path, steps: int, batch: int, length: int, chunk_tokens: int
 ) -> dict[str, Any]:
+    import functools
+
     import pytorch_lightning as pl
+    import torch
 
     from reasonft.io import read_records
     from reasonft.models.loading import load_tokenizer
     from reasonft.training.datamodule import RecordsDataModule
     from reasonft.training.losses import CrossEntropyTerm, LossComposition
     from reasonft.training.module import StudentModule
+    from reasonft.training.schedules import warmup_cosine
 
     tokenizer = load_tokenizer(str(workdir / "tokenizer"))
     model = _model(tokenizer)
@@ -143,17 +147,17 @@ def run_reasonft(
         max_length=length,
         overlength="truncate",
         micro_batch_size=batch,
-        global_batch_size=batch,
+        ce_per_step=batch,
         seed=0,
         loss_types=loss.loss_types,
     )
     module = StudentModule(
         model,
         loss,
-        lr=LR,
-        betas=BETAS,
-        weight_decay=WEIGHT_DECAY,
-        warmup_ratio=0.0,
+        optimizer=functools.partial(
+            torch.optim.AdamW, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY
+        ),
+        scheduler=functools.partial(warmup_cosine, warmup_ratio=0.0),
         chunk_tokens=chunk_tokens,
     )
     times: list[float] = []

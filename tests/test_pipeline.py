@@ -27,9 +27,9 @@ TINY = [
     "eval.ks=[1,2]",
     "eval.generator.max_new_tokens=40",
     "eval.heldout_entropy.limit=4",
-    "train.global_batch_size=4",
+    "train.ce_per_step=3",
     "train.micro_batch_size=2",
-    "train.ul_per_global_batch=1",
+    "train.ul_per_step=1",
     "logger=none",
     "callbacks.progress_bar=null",
 ]
