@@ -89,7 +89,7 @@ def test_official_layout_16_ul_per_micro_step_on_32_ranks():
 
 
 def test_spread_counts_against_exhaustive_balance():
-    for total, micro_steps, ranks in itertools.product(range(0, 25), range(1, 7), range(1, 7)):
+    for total, micro_steps, ranks in itertools.product(range(25), range(1, 7), range(1, 7)):
         counts = spread_counts(total, micro_steps, ranks)
         assert counts.sum() == total
         assert near(counts.reshape(-1).tolist(), total, micro_steps * ranks)

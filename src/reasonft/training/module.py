@@ -206,7 +206,6 @@ class StudentModule(pl.LightningModule):
     ) -> None:
         """Add one micro-batch's sums to the current optimiser step's statistics."""
         stats = self._stats
-        stats.add("micro_batches", torch.ones((), device=entropy.device))
         stats.add("input_tokens", batch["attention_mask"].sum())
         for name, term in out.terms.items():
             stats.add(f"term_sum/{name}", term.total)
