@@ -195,20 +195,31 @@ def test_resume_start_skips_micro_batches_and_keeps_their_totals():
     assert list(sampler.micro_batches_with_totals()) == full  # start applies once
 
 
-def test_lightning_sets_the_epoch_through_the_dataloader():
+def collate_ids(records: list[int]) -> dict[str, list[int]]:
+    return {"ids": records}
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_lightning_sets_the_epoch_through_the_dataloader(num_workers):
     types = _spread(10, 4)
     kwargs = {"micro_batch_size": 2, "ce_per_step": 3, "ul_per_step": 1}
     sampler = MixedBatchSampler(types, **kwargs)
     loader = DataLoader(
         RecordsWithStepTotals(list(range(len(types)))),
         batch_sampler=StepTotalsBatches(sampler),
-        collate_fn=CollateWithStepTotals(lambda records: {"ids": records}),
+        collate_fn=CollateWithStepTotals(collate_ids),
+        num_workers=num_workers,  # the totals travel to worker processes and back
     )
     _set_sampler_epoch(loader, 3)  # what Lightning's fit loop calls at each epoch start
     assert sampler.epoch == 3
     fresh = MixedBatchSampler(types, **kwargs)
-    got = [b["ids"] for b in loader]
-    assert got == fresh.global_batches(3).reshape(-1, 2).tolist()
+    batches = list(loader)
+    assert [b["ids"] for b in batches] == fresh.global_batches(3).reshape(-1, 2).tolist()
+    for step in range(len(batches) // 2):
+        records = [i for b in batches[2 * step : 2 * step + 2] for i in b["ids"]]
+        assert batches[2 * step]["step_totals"].sequences["ul"] == sum(
+            types[i] == "ul" for i in records
+        ) == 1
 
 
 def test_every_micro_batch_carries_its_steps_totals():
