@@ -17,9 +17,6 @@ Each run is its own subprocess (so peak RSS is per run), alternating reasonft, T
 TRL, ...; the first `--warmup` steps of a run are not timed. Tokens/s counts every input token of
 the timed steps. Prints per-run figures, the mean per trainer, the ratio reasonft / TRL (with the
 ratio of each adjacent pair, which shows how much the shared CPU moved) and the load average.
-
-`TrainRun` also takes the device, the precision, activation checkpointing and the model shape:
-bench/gpu_check.py calls `make_inputs` and `measure` with the 1.5B shape, bf16-mixed, on CUDA.
 """
 
 from __future__ import annotations
@@ -35,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,37 +50,18 @@ MODEL = {
 LR, BETAS, WEIGHT_DECAY, CLIP = 1e-5, (0.9, 0.95), 0.1, 1.0
 
 
-@dataclass(frozen=True)
-class TrainRun:
-    """What one timed run trains on and how; the same for reasonft and TRL."""
-
-    steps: int
-    warmup: int
-    batch: int
-    length: int
-    chunk_tokens: int = 4096
-    model: dict[str, Any] = field(default_factory=lambda: dict(MODEL))
-    accelerator: str = "cpu"  # "cpu" or "gpu"
-    precision: str = "32-true"  # Lightning's name; "bf16-mixed" is TRL's bf16=True
-    gradient_checkpointing: bool = False
-
-    @property
-    def device(self) -> str:
-        return "cuda" if self.accelerator == "gpu" else "cpu"
-
-
 # ---- inputs (parent) ------------------------------------------------------------------------
 
 
-def synthetic_records(n: int, seed: int = 0, n_steps: int = 60) -> list[dict[str, Any]]:
-    """Arithmetic problems with long step-by-step responses (60 steps: well over 512 tokens)."""
+def synthetic_records(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Arithmetic problems with long step-by-step responses (well over 512 tokens each)."""
     rng = random.Random(seed)
     records = []
     for i in range(n):
         a, b = rng.randint(10, 99), rng.randint(10, 99)
         steps = []
         value = a
-        for k in range(n_steps):
+        for k in range(60):
             c = rng.randint(2, 9)
             op = rng.choice(["+", "-", "*"])
             new = value + c if op == "+" else value - c if op == "-" else value * c % 1000
@@ -108,8 +85,7 @@ def make_inputs(workdir: Path, n_records: int, length: int) -> None:
     from reasonft.models.tokenizer import save_tokenizer, train_tokenizer
     from reasonft.training.collate import encode_record
 
-    # A step is about ten tokens of the 1000-token vocabulary below: length / 4 steps is ample.
-    records = synthetic_records(n_records, n_steps=max(60, length // 4))
+    records = synthetic_records(n_records)
     tokenizer = train_tokenizer(
         [r["prompt"] + " " + r["response"] for r in records], vocab_size=1000
     )
@@ -130,22 +106,14 @@ def make_inputs(workdir: Path, n_records: int, length: int) -> None:
 # ---- workers (subprocesses) -------------------------------------------------------------------
 
 
-def _model(tokenizer: Any, run: TrainRun) -> Any:
-    """Random float32 weights made on the run's device (a 1.5B model builds in seconds there)."""
-    import torch
-
+def _model(tokenizer: Any) -> Any:
     from reasonft.models.loading import random_student
 
-    with torch.device(run.device):
-        model = random_student(
-            {
-                **run.model,
-                "pad_token_id": tokenizer.pad_token_id,
-                "eos_token_id": tokenizer.eos_token_id,
-            },
-            seed=0,
-            attn_implementation="sdpa",
-        )
+    model = random_student(
+        {**MODEL, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id},
+        seed=0,
+        attn_implementation="sdpa",
+    )
     model.config.use_cache = False
     return model
 
@@ -154,38 +122,43 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run_reasonft(workdir: Path, run: TrainRun) -> dict[str, Any]:
+def run_reasonft(
+    workdir: Path, steps: int, batch: int, length: int, chunk_tokens: int
+) -> dict[str, Any]:
+    import functools
+
     import pytorch_lightning as pl
+    import torch
 
     from reasonft.io import read_records
     from reasonft.models.loading import load_tokenizer
     from reasonft.training.datamodule import RecordsDataModule
     from reasonft.training.losses import CrossEntropyTerm, LossComposition
     from reasonft.training.module import StudentModule
+    from reasonft.training.schedules import warmup_cosine
 
     tokenizer = load_tokenizer(str(workdir / "tokenizer"))
-    model = _model(tokenizer, run)
+    model = _model(tokenizer)
     loss = LossComposition({"ce": CrossEntropyTerm(weight=1.0, reduction="token", loss_type="ce")})
     data = RecordsDataModule(
         read_records(workdir / "records.parquet"),
         tokenizer,
         chat_template=True,
-        max_length=run.length,
+        max_length=length,
         overlength="truncate",
-        micro_batch_size=run.batch,
-        global_batch_size=run.batch,
+        micro_batch_size=batch,
+        ce_per_step=batch,
         seed=0,
         loss_types=loss.loss_types,
     )
     module = StudentModule(
         model,
         loss,
-        lr=LR,
-        betas=BETAS,
-        weight_decay=WEIGHT_DECAY,
-        warmup_ratio=0.0,
-        chunk_tokens=run.chunk_tokens,
-        gradient_checkpointing=run.gradient_checkpointing,
+        optimizer=functools.partial(
+            torch.optim.AdamW, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY
+        ),
+        scheduler=functools.partial(warmup_cosine, warmup_ratio=0.0),
+        chunk_tokens=chunk_tokens,
     )
     times: list[float] = []
     tokens: list[int] = []
@@ -198,10 +171,10 @@ def run_reasonft(workdir: Path, run: TrainRun) -> dict[str, Any]:
             tokens.append(int(batch["attention_mask"].sum()))
 
     trainer = pl.Trainer(
-        accelerator=run.accelerator,
+        accelerator="cpu",
         devices=1,
-        max_steps=run.steps,
-        precision=run.precision,
+        max_steps=steps,
+        precision="32-true",
         gradient_clip_val=CLIP,
         logger=False,
         enable_checkpointing=False,
@@ -216,7 +189,7 @@ def run_reasonft(workdir: Path, run: TrainRun) -> dict[str, Any]:
     return {"start": start, "times": times, "tokens": tokens}
 
 
-def run_trl(workdir: Path, run: TrainRun) -> dict[str, Any]:
+def run_trl(workdir: Path, steps: int, batch: int, length: int) -> dict[str, Any]:
     import datasets
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -224,7 +197,7 @@ def run_trl(workdir: Path, run: TrainRun) -> dict[str, Any]:
     from reasonft.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(workdir / "tokenizer"))
-    model = _model(tokenizer, run)
+    model = _model(tokenizer)
     rows = json.loads((workdir / "tokenised.json").read_text())
     train = datasets.Dataset.from_list(rows)
     times: list[float] = []
@@ -233,14 +206,14 @@ def run_trl(workdir: Path, run: TrainRun) -> dict[str, Any]:
     class StepClock(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             times.append(time.perf_counter())
-            tokens.append(run.batch * run.length)
+            tokens.append(batch * length)
 
     with tempfile.TemporaryDirectory() as out:
         config = SFTConfig(
             output_dir=out,
-            per_device_train_batch_size=run.batch,
+            per_device_train_batch_size=batch,
             gradient_accumulation_steps=1,
-            max_steps=run.steps,
+            max_steps=steps,
             learning_rate=LR,
             adam_beta1=BETAS[0],
             adam_beta2=BETAS[1],
@@ -248,13 +221,12 @@ def run_trl(workdir: Path, run: TrainRun) -> dict[str, Any]:
             max_grad_norm=CLIP,
             lr_scheduler_type="cosine",
             warmup_steps=0,
-            gradient_checkpointing=run.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},  # as reasonft's
-            bf16=run.precision == "bf16-mixed",
+            gradient_checkpointing=False,
+            bf16=False,
             fp16=False,
-            use_cpu=run.accelerator == "cpu",
+            use_cpu=True,
             completion_only_loss=True,
-            max_length=run.length,
+            max_length=length,
             packing=False,
             padding_free=False,
             dataloader_num_workers=0,
@@ -276,52 +248,42 @@ def run_trl(workdir: Path, run: TrainRun) -> dict[str, Any]:
     return {"start": start, "times": times, "tokens": tokens}
 
 
-def measure(engine: str, workdir: Path, run: TrainRun) -> dict[str, Any]:
-    """Train `run.steps` steps with one engine; tokens/s over the steps after `run.warmup`.
-
-    On CUDA the peak is the most memory the caching allocator handed out during this run
-    (`max_memory_allocated`, reset first); on CPU it is the process's peak RSS so far.
-    """
-    import gc
-
-    import torch
-
-    torch.manual_seed(0)
-    on_cuda = run.device == "cuda"
-    if on_cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    trace = run_reasonft(workdir, run) if engine == "reasonft" else run_trl(workdir, run)
-    if on_cuda:
-        torch.cuda.synchronize()
-        peak_mb, peak_kind = torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
-    else:
-        peak_mb, peak_kind = _peak_rss_mb(), "process_peak_rss"
-    gc.collect()
-    times, tokens = trace["times"], trace["tokens"]
-    if len(times) != run.steps:
-        raise RuntimeError(f"{engine}: {len(times)} optimiser steps timed, expected {run.steps}")
-    timed = times[run.warmup - 1 :] if run.warmup > 0 else [trace["start"], *times]
-    seconds = timed[-1] - timed[0]
-    n_tokens = sum(tokens[run.warmup :])
-    return {
-        "engine": engine,
-        "tokens_per_s": n_tokens / seconds,
-        "timed_steps": run.steps - run.warmup,
-        "seconds": seconds,
-        "step_seconds": [b - a for a, b in itertools.pairwise(timed)],
-        "peak_memory_mb": peak_mb,
-        "peak_memory_kind": peak_kind,
-    }
-
-
-def worker(engine: str, workdir: Path, run: TrainRun, threads: int) -> None:
+def worker(
+    engine: str,
+    workdir: Path,
+    steps: int,
+    warmup: int,
+    batch: int,
+    length: int,
+    threads: int,
+    chunk_tokens: int,
+) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    result = measure(engine, workdir, run)
-    result["peak_rss_mb"] = _peak_rss_mb()
-    print(json.dumps(result))
+    torch.manual_seed(0)
+    if engine == "reasonft":
+        run = run_reasonft(workdir, steps, batch, length, chunk_tokens)
+    else:
+        run = run_trl(workdir, steps, batch, length)
+    times, tokens = run["times"], run["tokens"]
+    if len(times) != steps:
+        raise RuntimeError(f"{engine}: {len(times)} optimiser steps timed, expected {steps}")
+    timed = times[warmup - 1 :] if warmup > 0 else [run["start"], *times]
+    seconds = timed[-1] - timed[0]
+    n_tokens = sum(tokens[warmup:])
+    print(
+        json.dumps(
+            {
+                "engine": engine,
+                "tokens_per_s": n_tokens / seconds,
+                "timed_steps": steps - warmup,
+                "seconds": seconds,
+                "step_seconds": [b - a for a, b in itertools.pairwise(timed)],
+                "peak_rss_mb": _peak_rss_mb(),
+            }
+        )
+    )
 
 
 # ---- driver ---------------------------------------------------------------------------------
@@ -388,14 +350,16 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 <= args.warmup < args.steps:
         parser.error("--warmup must be in [0, --steps)")
     if args.worker:
-        run = TrainRun(
-            steps=args.steps,
-            warmup=args.warmup,
-            batch=args.batch,
-            length=args.length,
-            chunk_tokens=args.chunk_tokens,
+        worker(
+            args.worker,
+            args.workdir,
+            args.steps,
+            args.warmup,
+            args.batch,
+            args.length,
+            args.threads,
+            args.chunk_tokens,
         )
-        worker(args.worker, args.workdir, run, args.threads)
         return
 
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:

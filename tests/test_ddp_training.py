@@ -1,10 +1,11 @@
-"""CPU DDP (gloo, 2 processes) trains exactly like 1 process on the same global batch.
+"""CPU DDP (gloo, 2 processes) trains exactly like 1 process on the same optimiser step, and the
+step's gradient is the step objective's (METHODS §1c) computed plainly in this test.
 
-One optimiser step of global batch 4: one process with 2 micro-batches of 2 (accumulation 2)
-against DDP with 2 ranks x 1 micro-batch of 2 (accumulation 1). The MixedBatchSampler gives rank
-r micro-batch r of the same global batch, so both runs see the same sequences and must report
-the same pooled loss and end with the same weights (up to float summation order: DDP averages
-gradients with an all-reduce, one process accumulates them).
+One optimiser step of 2 CE + 2 UL sequences in micro-batches of 1: one process accumulating 4
+against DDP with 2 ranks accumulating 2 each. The MixedBatchSampler gives both runs the same
+sequences. The optimiser is plain SGD from config (no momentum, decay, schedule or clipping), so
+the weights move by exactly -lr * gradient and any error of scale (accumulation, rank averaging,
+per-micro-batch normalisation) shows, where AdamW would normalise it away.
 
 The DDP run is this file run as a Hydra app over conf/config.yaml (`python
 tests/test_ddp_training.py strategy=ddp trainer.devices=2 ...`), so Lightning's DDP launcher
@@ -32,28 +33,33 @@ CORPUS = [
     f"What is {a} * {b}? It is {a * b}. \\boxed{{{a * b}}}" for a in range(9) for b in range(9)
 ]
 # Tolerances: the loss is pooled over the same tokens in both runs (float64 sums), so it agrees to
-# float32 rounding; the weights after one AdamW step differ by the rounding of the gradient
-# average (all-reduce vs accumulation), amplified at most by Adam's normalisation.
+# float32 rounding; the gradients differ by float32 summation order (all-reduce vs accumulation).
 LOSS_RTOL = 1e-6
-WEIGHT_ATOL = 1e-6
+GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-7
+LR = 10.0  # SGD: weights move by -LR * gradient
+UL_WEIGHT = 0.1
 OVERRIDES = [
     "logger=none",
     "loss=oxa_full",
-    "loss.terms.ul.weight=0.1",
+    f"loss.terms.ul.weight={UL_WEIGHT}",
     "callbacks.progress_bar=null",
     "callbacks.lr_monitor=null",
     "callbacks.checkpoint=null",
     "++trainer.enable_checkpointing=false",
     "trainer.accelerator=cpu",
     "trainer.max_steps=1",
-    "train.micro_batch_size=2",
-    "train.global_batch_size=4",
-    "train.ul_per_global_batch=1",
+    "train.micro_batch_size=1",
+    "train.ce_per_step=2",
+    "train.ul_per_step=2",
     "train.max_length=96",
     "train.prompt_suffix=",
     "train.chat_template=false",
-    "train.lr=1e-3",
-    "train.warmup_ratio=0.0",
+    "train.optimizer._target_=torch.optim.SGD",
+    "~train.optimizer.betas",
+    f"train.optimizer.lr={LR}",
+    "train.optimizer.weight_decay=0.0",
+    "train.scheduler=null",
+    "trainer.gradient_clip_val=null",
     "train.seed=3",
 ]
 
@@ -99,7 +105,7 @@ def make_inputs(workdir: Path) -> None:
             "prompt": f"What is {i} * {i + 2}?",
             "response": f"{i} * {i + 2} = {i * (i + 2) + (i == 7)}. \\boxed{{{i * (i + 2)}}}"
             * (1 + i % 3),
-            "loss_type": "ul" if i == 7 else "ce",
+            "loss_type": "ul" if i % 3 == 1 else "ce",
         }
         for i in range(8)
     ]
@@ -169,7 +175,7 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
     report = json.loads((run_dir / "result" / "train_report.json").read_text())
     assert (
         report["world_size"] == 2
-        and report["accumulate_grad_batches"] == 1
+        and report["accumulate_grad_batches"] == 2
         and report["global_step"] == 1
     )
 
@@ -197,15 +203,48 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
     ddp_loss = json.loads((run_dir / "loss.json").read_text())["loss"]
     assert ddp_loss == pytest.approx(single_loss, rel=LOSS_RTOL)
 
-    single, ddp_weights = _weights(tmp_path / "single"), _weights(run_dir)
-    assert single.keys() == ddp_weights.keys()
     initial = _initial_weights(tmp_path)
-    moved = max(float((single[k] - initial[k]).abs().max()) for k in single)
-    assert moved > 1e-4, (
-        "the optimiser step did not change the weights; the comparison would be empty"
+    want_loss, want_grads = _reference_step(tmp_path, single_cfg)
+    assert single_loss == pytest.approx(want_loss, rel=1e-5)
+    for name, run in (("single process", tmp_path / "single"), ("DDP", run_dir)):
+        weights = _weights(run)
+        assert weights.keys() == initial.keys()
+        for key, grad in want_grads.items():
+            torch.testing.assert_close(
+                (initial[key] - weights[key]) / LR, grad, rtol=GRAD_RTOL, atol=GRAD_ATOL,
+                msg=f"{name}: {key}",
+            )
+
+
+def _reference_step(workdir: Path, cfg: DictConfig) -> tuple[float, dict[str, torch.Tensor]]:
+    """Objective and gradient of the first step from full logits, sequence by sequence: mean CE
+    over the step's CE sequences (token mean inside each; loss=oxa_full reduces CE by sequence)
+    + UL_WEIGHT * the same for UL."""
+    from reasonft.io import read_records
+    from reasonft.models.loading import load_tokenizer, random_student
+    from reasonft.training.datamodule import RecordsDataModule
+
+    tokenizer = load_tokenizer(str(workdir / "tokenizer"))
+    data = RecordsDataModule(
+        read_records(workdir / "records.jsonl"), tokenizer, prompt_suffix="",
+        chat_template=False, max_length=cfg.train.max_length, micro_batch_size=1,
+        ce_per_step=2, ul_per_step=2, seed=cfg.train.seed, loss_types=("ce", "ul"),
     )
-    worst = max(float((single[k] - ddp_weights[k]).abs().max()) for k in single)
-    assert worst <= WEIGHT_ATOL, f"DDP and single-process weights differ by up to {worst:.3g}"
+    data.setup()
+    model = random_student({**STUDENT, "vocab_size": len(tokenizer)}, seed=0).train()
+    means: dict[str, list[torch.Tensor]] = {"ce": [], "ul": []}
+    for index in data.build_sampler().global_batches(0)[0]:
+        row = data.train_set[int(index)]
+        ids, labels = torch.tensor([row["input_ids"]]), torch.tensor(row["labels"])
+        logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])
+        logp = logp[:, 0][labels[1:] != -100]
+        loss_type = data.loss_types[row["loss_type_id"]]
+        per_token = -logp if loss_type == "ce" else -torch.log(1 - logp.exp())
+        means[loss_type].append(per_token.mean())
+    assert len(means["ce"]) == len(means["ul"]) == 2
+    objective = torch.stack(means["ce"]).mean() + UL_WEIGHT * torch.stack(means["ul"]).mean()
+    objective.backward()
+    return float(objective.detach()), {k: p.grad for k, p in model.named_parameters()}
 
 
 def _initial_weights(workdir: Path) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ from reasonft.training.losses import (
     LossTerm,
     UnlikelihoodTerm,
 )
+from reasonft.training.step_totals import StepTotals
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -131,6 +132,41 @@ def test_composition_weights_terms_by_loss_type():
     assert comp.loss_types == ("ce", "ul")
 
 
+def test_composition_divides_each_term_by_the_steps_count():
+    """With step totals a micro-batch's term is its sum over the step's count, so the parts of a
+    step add up to the step's term (checked on a step cut into two micro-batches)."""
+    gen = torch.Generator().manual_seed(2)
+    logp = -torch.rand(6, 7, generator=gen, dtype=torch.float64) * 3 - 0.05
+    mask = torch.rand(6, 7, generator=gen) < 0.7
+    mask[:, 0] = False
+    ids = torch.tensor([0, 1, 0, 0, 1, 0])
+    loss_types = ("ce", "ul")
+    rows, masks = logp.tolist(), mask.tolist()
+    ce_tokens = [-x for b in (0, 2, 3, 5) for x, m in zip(rows[b], masks[b]) if m]
+    ul_means = [
+        sum(reference_ul(x) for x, m in zip(rows[b], masks[b]) if m) / sum(masks[b])
+        for b in (1, 4)
+    ]
+    totals = StepTotals(
+        sequences={"ce": 4, "ul": 2}, tokens={"ce": len(ce_tokens), "ul": int(mask[[1, 4]].sum())}
+    )
+    comp = LossComposition(
+        {
+            "ce": CrossEntropyTerm(reduction="token", loss_type="ce"),
+            "ul": UnlikelihoodTerm(weight=0.5, reduction="sequence", loss_type="ul"),
+        }
+    )
+    parts = [comp(logp[rows_], mask[rows_], ids[rows_], loss_types, totals) for rows_ in (slice(0, 3), slice(3, 6))]
+    want = sum(ce_tokens) / len(ce_tokens) + 0.5 * sum(ul_means) / 2
+    assert sum(p.total.item() for p in parts) == pytest.approx(want, rel=1e-12)
+    assert sum(p.terms["ce"].value.item() for p in parts) == pytest.approx(
+        sum(ce_tokens) / len(ce_tokens), rel=1e-12
+    )
+    # without step totals each micro-batch is its own step: its term is its own mean
+    alone = comp(logp[:3], mask[:3], ids[:3], loss_types)
+    assert alone.terms["ul"].value.item() == pytest.approx(ul_means[0], rel=1e-12)
+
+
 def test_composition_term_for_absent_type_contributes_zero():
     logp = torch.full((2, 3), -0.5)
     comp = LossComposition({"ul": UnlikelihoodTerm(loss_type="ul")})
@@ -157,7 +193,7 @@ def test_a_new_term_is_just_a_subclass():
         (
             "oxa_full",
             {
-                "ce": (CrossEntropyTerm, 1.0, "token", "ce"),
+                "ce": (CrossEntropyTerm, 1.0, "sequence", "ce"),
                 "ul": (UnlikelihoodTerm, 1e-4, "sequence", "ul"),
             },
         ),

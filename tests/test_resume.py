@@ -25,7 +25,7 @@ import torch
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
-# 24 CE + 8 UL records, global batch 4 with 1 UL: 8 optimiser steps per epoch, 2 micro-batches
+# 24 CE + 8 UL records, 3 CE + 1 UL per step: 8 optimiser steps per epoch, 2 micro-batches
 # each (accumulation 2), 3 epochs = 24 steps; a checkpoint every 4 steps (4, 8 = end of epoch 0,
 # 12 = middle of epoch 1, ...). The killed run dies inside step 13, after its second micro-batch
 # started, so `last` is the mid-epoch checkpoint of step 12.
@@ -46,13 +46,13 @@ TRAIN_OVERRIDES = [
     "trainer.devices=1",
     f"trainer.max_epochs={EPOCHS}",
     "train.micro_batch_size=2",
-    "train.global_batch_size=4",
-    "train.ul_per_global_batch=1",
+    "train.ce_per_step=3",
+    "train.ul_per_step=1",
     "train.max_length=96",
     "train.prompt_suffix=",
     "train.chat_template=false",
-    "train.lr=3e-3",
-    "train.warmup_ratio=0.1",
+    "train.optimizer.lr=3e-3",
+    "train.scheduler.warmup_ratio=0.1",
     "train.seed=0",
 ]
 CORPUS = [
@@ -320,6 +320,8 @@ def _nan_run(
             *TRAIN_OVERRIDES,
             f"paths.output_dir={tmp_path}",
             "++callbacks.nan_guard._target_=reasonft.training.nan_guard.NaNGuard",
+            "train.ce_per_step=4",
+            "train.ul_per_step=0",  # CE records only
         ]
     )
     records = [

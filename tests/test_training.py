@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import json
 import math
 import os
@@ -74,20 +75,15 @@ def compose(tmp_path: Path, loss: str = "oxa_full", loggers: tuple[str, ...] = (
 
 
 def collate_records(records, tokenizer, loss_types=("ce", "ul")):
-    dm = RecordsDataModule(
-        records,
-        tokenizer,
-        micro_batch_size=len(records),
-        global_batch_size=len(records),
-        loss_types=loss_types,
-    )
+    dm = RecordsDataModule(records, tokenizer, loss_types=loss_types)
     dm.setup("fit")
     return Collator(tokenizer.pad_token_id, dm.loss_types)(list(dm.train_set))
 
 
 def one_step(model, loss, batch, lr=1e-2) -> StudentModule:
-    """One optimiser step of a fresh StudentModule on a fixed batch (no warmup)."""
-    module = StudentModule(model, loss, lr=lr, warmup_ratio=0.0, weight_decay=0.1)
+    """One optimiser step of a fresh StudentModule on a fixed batch (constant lr)."""
+    optimizer = functools.partial(torch.optim.AdamW, lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    module = StudentModule(model, loss, optimizer=optimizer, scheduler=None)
     trainer = pl.Trainer(
         accelerator="cpu",
         max_steps=1,
@@ -111,7 +107,8 @@ def test_collated_labels_mask_exactly_prompt_and_padding(tiny_tokenizer):
     records = make_records([3, 12, 107, 5], ul_every=2)
     suffix = " Reason briefly."
     dm = RecordsDataModule(
-        records, tiny_tokenizer, prompt_suffix=suffix, micro_batch_size=4, global_batch_size=4
+        records, tiny_tokenizer, prompt_suffix=suffix, micro_batch_size=4, ce_per_step=2,
+        ul_per_step=2,
     )
     batch = next(iter(dm.train_dataloader()))
     by_id = {r["prompt_id"]: r for r in records}
@@ -343,7 +340,6 @@ def test_one_ul_step_lowers_probability_of_those_tokens(tiny_model, tiny_tokeniz
 def reference_step_metrics(model, batches, ul_weight: float) -> dict[str, float]:
     """Pooled step metrics from full logits, sequence by sequence."""
     ce_tokens, ul_sequences, entropy = [], [], {"ce": [], "ul": []}
-    micro_totals = []
     for batch in batches:
         with torch.no_grad():
             logits = model(
@@ -364,13 +360,10 @@ def reference_step_metrics(model, batches, ul_weight: float) -> dict[str, float]
                 ul_here.append(sum(-math.log(1 - math.exp(v)) for v in values) / len(values))
         ce_tokens += ce_here
         ul_sequences += ul_here
-        micro_totals.append(
-            (sum(ce_here) / len(ce_here) if ce_here else 0.0)
-            + ul_weight * (sum(ul_here) / len(ul_here) if ul_here else 0.0)
-        )
+    loss_ce, loss_ul = sum(ce_tokens) / len(ce_tokens), sum(ul_sequences) / len(ul_sequences)
     return {
-        "loss": sum(micro_totals) / len(micro_totals),
-        "loss_ce": sum(ce_tokens) / len(ce_tokens),
+        "loss": loss_ce + ul_weight * loss_ul,
+        "loss_ce": loss_ce,
         "loss_ul": sum(ul_sequences) / len(ul_sequences),
         "entropy_ce": sum(entropy["ce"]) / len(entropy["ce"]),
         "entropy_ul": sum(entropy["ul"]) / len(entropy["ul"]),
@@ -381,8 +374,8 @@ def reference_step_metrics(model, batches, ul_weight: float) -> dict[str, float]
 
 
 def test_step_metrics_pool_micro_batches(tiny_model, tiny_tokenizer):
-    """loss_* and entropy_* reduce over the whole step, not per micro-batch; loss is the mean
-    of the micro-batch objectives (what the optimiser sees)."""
+    """loss_* and entropy_* reduce over the whole step, not per micro-batch; loss is the step's
+    objective, sum_term weight * loss_<term>."""
     batches = [
         collate_records(make_records([3, 12, 107], ul_every=3), tiny_tokenizer),
         collate_records(make_records([5, 8, 61, 777, 90], ul_every=2), tiny_tokenizer),
@@ -425,9 +418,9 @@ def test_logger_strategy_and_callback_configs(tmp_path, monkeypatch):
     trainer, skipped = build_trainer(cfg)
     names = sorted(type(lg).__name__ for lg in trainer.loggers)
     assert names == ["CSVLogger", "TensorBoardLogger", "WandbLogger"] and skipped == []
-    assert (
-        trainer.accumulate_grad_batches == cfg.train.global_batch_size // cfg.train.micro_batch_size
-    )
+    assert trainer.accumulate_grad_batches == (
+        cfg.train.ce_per_step + cfg.train.ul_per_step
+    ) // cfg.train.micro_batch_size
 
     quiet = compose(tmp_path, loggers=("none",))
     trainer, skipped = build_trainer(quiet)
@@ -442,7 +435,7 @@ def test_logger_strategy_and_callback_configs(tmp_path, monkeypatch):
     bad.trainer.accumulate_grad_batches = 2
     with pytest.raises(ValueError, match="derived"):
         build_trainer(bad)
-    uneven = compose(tmp_path, global_batch_size=6, micro_batch_size=4)
+    uneven = compose(tmp_path, ce_per_step=5, ul_per_step=1, micro_batch_size=4)
     with pytest.raises(ValueError, match="multiple of"):
         build_trainer(uneven)
 
@@ -453,8 +446,8 @@ def test_train_student_with_packing_matches_padded_training(tmp_path, tiny_model
     weights = []
     for packing in (False, True):
         cfg = compose(
-            tmp_path / str(packing), loggers=(), micro_batch_size=2, global_batch_size=4,
-            ul_per_global_batch=1, lr=1e-3, max_length=128, packing=packing,
+            tmp_path / str(packing), loggers=(), micro_batch_size=2, ce_per_step=3,
+            ul_per_step=1, optimizer={"lr": 1e-3}, max_length=128, packing=packing,
         )
         cfg.trainer.max_steps = 3
         cfg.trainer.enable_checkpointing = False
@@ -473,9 +466,9 @@ def test_train_student_end_to_end(tmp_path, tiny_model, tiny_tokenizer):
     cfg = compose(
         tmp_path,
         micro_batch_size=2,
-        global_batch_size=4,
-        ul_per_global_batch=1,
-        lr=1e-3,
+        ce_per_step=3,
+        ul_per_step=1,
+        optimizer={"lr": 1e-3},
         max_length=128,
     )
     cfg.trainer.max_epochs = 2
@@ -499,8 +492,11 @@ def test_train_student_end_to_end(tmp_path, tiny_model, tiny_tokenizer):
     )
 
     report = json.loads((out_dir / "train_report.json").read_text())
+    assert report["model_dir"] == "model"  # relative to the folder the report is in
     sampler = report["data"]["sampler"]
-    assert sampler["mode"] == "mixed" and sampler["steps_per_epoch"] == math.ceil(9 / 3)
+    # 9 CE + 3 UL records, 3 + 1 per step: both pools used up after 3 steps
+    assert sampler["steps_per_epoch"] == 3 and sampler["epoch_end"] == "shortest"
+    assert sampler["pools"]["ce"]["left_out_per_epoch"] == sampler["pools"]["ul"]["left_out_per_epoch"] == 0
     assert report["global_step"] == 2 * sampler["steps_per_epoch"]
     assert report["accumulate_grad_batches"] == 2
 
@@ -538,7 +534,8 @@ def test_train_student_end_to_end(tmp_path, tiny_model, tiny_tokenizer):
     assert sorted(lr_by_step) == list(range(total))
     hparams = yaml.safe_load(metrics_file.with_name("hparams.yaml").read_text())
     assert (
-        hparams["train"]["global_batch_size"] == 4
+        hparams["train"]["ce_per_step"] == 3
+        and hparams["train"]["optimizer"]["_target_"] == "torch.optim.AdamW"
         and hparams["loss"]["terms"]["ul"]["weight"] == 1e-4
     )
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
@@ -551,6 +548,66 @@ def test_train_student_end_to_end(tmp_path, tiny_model, tiny_tokenizer):
     train_student(cfg, records, resumed, tiny_tokenizer, tmp_path / "out2")
     report2 = json.loads((tmp_path / "out2" / "train_report.json").read_text())
     assert report2["global_step"] == 3 * sampler["steps_per_epoch"]
+
+
+def test_optimizer_and_scheduler_come_from_config(tmp_path, tiny_model, tiny_tokenizer):
+    """`train.optimizer` swapped for SGD and `train.scheduler` for none: the saved optimiser is
+    SGD with the configured rate, the two weight-decay groups kept, and one step moves each
+    weight by exactly -lr * its gradient (no momentum, no decay, no clipping)."""
+    records = make_records(list(range(3, 11)), ul_every=4)
+    cfg = compose(
+        tmp_path, loggers=(), micro_batch_size=2, ce_per_step=3, ul_per_step=1, max_length=128
+    )
+    cfg.train.optimizer = OmegaConf.create(
+        {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.5, "momentum": 0.0}
+    )
+    cfg.train.scheduler = None
+    cfg.trainer.max_steps = 1
+    cfg.trainer.gradient_clip_val = None
+    cfg.callbacks = {"checkpoint": cfg.callbacks.checkpoint}
+    model = copy.deepcopy(tiny_model)
+    train_student(cfg, records, model, tiny_tokenizer, tmp_path / "out")
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    (opt_state,) = state["optimizer_states"]
+    groups = {g["name"]: g for g in opt_state["param_groups"]}
+    assert set(groups) == {"decay", "no_decay"} and state["lr_schedulers"] == []
+    assert all(g["lr"] == 0.5 and "momentum" in g and "betas" not in g for g in groups.values())
+    assert groups["no_decay"]["weight_decay"] == 0.0 and opt_state["state"] == {}  # SGD, no momentum buffers
+    moved = [not torch.equal(a, b) for a, b in zip(model.parameters(), tiny_model.parameters())]
+    assert all(moved)
+
+
+def test_bad_optimizer_settings_fail_when_the_module_is_made(tiny_model, tmp_path):
+    loss = LossComposition({"ce": CrossEntropyTerm()})
+    with pytest.raises(ValueError, match="train.optimizer: Invalid learning rate"):
+        StudentModule(tiny_model, loss, optimizer=functools.partial(torch.optim.AdamW, lr=-1.0))
+    with pytest.raises(ValueError, match="train.optimizer: Invalid beta parameter at index 1"):
+        StudentModule(
+            tiny_model, loss, optimizer=functools.partial(torch.optim.AdamW, betas=(0.9, 1.5))
+        )
+    from reasonft.training.schedules import warmup_cosine
+
+    with pytest.raises(ValueError, match="train.scheduler.warmup_ratio=1.5"):
+        StudentModule(tiny_model, loss, scheduler=functools.partial(warmup_cosine, warmup_ratio=1.5))
+    cfg = compose(tmp_path)
+    cfg.train.optimizer = OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 0.1})
+    with pytest.raises(ValueError, match="train.optimizer must be a node with `_target_` and `_partial_: true`"):
+        train_student(cfg, make_records([1, 2]), tiny_model, None, tmp_path / "out")
+
+
+def test_ul_share_without_an_ul_term_is_ignored_and_said(tmp_path, tiny_model, tiny_tokenizer, caplog):
+    """loss=sft after an OXA_FULL preset: the UL records are left out, steps hold CE only."""
+    import json
+
+    cfg = compose(tmp_path, loss="sft", ce_per_step=2, ul_per_step=1)
+    records = make_records([1, 2, 3, 4])
+    for r in records[:2]:
+        r["loss_type"] = "ul"
+    with caplog.at_level("WARNING"):
+        train_student(cfg, records, tiny_model, tiny_tokenizer, tmp_path / "o")
+    assert "train.ul_per_step=1 is ignored" in caplog.text
+    report = json.loads((tmp_path / "o" / "train_report.json").read_text())
+    assert report["accumulate_grad_batches"] * cfg.train.micro_batch_size == 2
 
 
 DDP_SCRIPT = textwrap.dedent(
@@ -571,8 +628,7 @@ DDP_SCRIPT = textwrap.dedent(
              "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2, "max_position_embeddings": 512}
     model = random_student(shape, seed=0)
-    cfg = compose(out, micro_batch_size=1, global_batch_size=8, ul_per_global_batch=3,
-                  max_length=128)
+    cfg = compose(out, micro_batch_size=1, ce_per_step=5, ul_per_step=3, max_length=128)
     cfg.strategy = OmegaConf.load(tests_dir.parent / "conf" / "strategy" / "ddp.yaml")
     cfg.trainer.devices = 2
     cfg.callbacks.pop("progress_bar")

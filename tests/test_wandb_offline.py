@@ -154,8 +154,8 @@ def _cfg(tmp_path: Path, task_name: str, logger: str = "wandb") -> Any:
         "trainer.accelerator=cpu",
         "trainer.max_steps=3",
         "train.micro_batch_size=2",
-        "train.global_batch_size=2",
-        "train.ul_per_global_batch=1",
+        "train.ce_per_step=2",
+        "train.ul_per_step=0",
         "train.max_length=64",
         "train.prompt_suffix=",
         "train.chat_template=false",
@@ -236,7 +236,7 @@ def test_pipeline_run_logs_config_curves_tables_and_reference_artifacts(
     logged = read_finished_run(run_dir)
     assert logged["group"] == "wbtest"
     assert logged["exit_code"] == 0
-    assert logged["config"]["train"]["global_batch_size"] == 2
+    assert logged["config"]["train"]["ce_per_step"] == 2
     assert logged["config"]["task_name"] == "wbtest"
 
     steps = [row for row in logged["history"] if "loss" in row]

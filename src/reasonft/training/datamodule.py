@@ -2,7 +2,8 @@
 
 The Trainer must be built with `use_distributed_sampler=False` (conf/trainer/default.yaml sets
 it): the MixedBatchSampler already gives each rank its share, and Lightning would otherwise wrap
-it in a DistributedSampler and break the fixed CE/UL composition of the global batch.
+it in a DistributedSampler and break the fixed CE/UL composition of the optimiser step. Every
+micro-batch carries its step's totals (`batch["step_totals"]`, see step_totals.py).
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ import datasets
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
+from reasonft.data.prompts import IGNORE_INDEX
 from reasonft.data.records import LOSS_TYPES, as_dataset, require_columns
 from reasonft.training.collate import Collator, encode_record
 from reasonft.training.sampler import MixedBatchSampler
+from reasonft.training.step_totals import (
+    CollateWithStepTotals,
+    RecordsWithStepTotals,
+    StepTotalsBatches,
+)
 
 OVERLENGTH_POLICIES = ("drop", "truncate")
 KEPT = ("ok", "truncated")
@@ -90,8 +97,9 @@ class RecordsDataModule(pl.LightningDataModule):
         max_length: int = 512,
         overlength: str = "drop",
         micro_batch_size: int = 1,
-        global_batch_size: int = 8,
-        ul_per_global_batch: int = 0,
+        ce_per_step: int = 8,
+        ul_per_step: int = 0,
+        epoch_end: str = "shortest",
         seed: int = 0,
         num_workers: int = 0,
         loss_types: Sequence[str] = LOSS_TYPES,
@@ -116,8 +124,9 @@ class RecordsDataModule(pl.LightningDataModule):
         self.max_length = max_length
         self.overlength = overlength
         self.micro_batch_size = micro_batch_size
-        self.global_batch_size = global_batch_size
-        self.ul_per_global_batch = ul_per_global_batch
+        self.ce_per_step = ce_per_step
+        self.ul_per_step = ul_per_step
+        self.epoch_end = epoch_end
         self.seed = seed
         self.num_workers = num_workers
         self.loss_types = tuple(loss_types)
@@ -191,17 +200,27 @@ class RecordsDataModule(pl.LightningDataModule):
     def _lengths(self) -> list[int]:
         return [len(ids) for ids in self.train_set["input_ids"]]
 
+    def _scored_tokens(self) -> list[int]:
+        """Tokens each record's loss terms score: response labels after the first position
+        (the first token has nothing to be predicted from)."""
+        return [
+            sum(label != IGNORE_INDEX for label in labels[1:])
+            for labels in self.train_set["labels"]
+        ]
+
     def build_sampler(self) -> MixedBatchSampler:
         self.setup("fit")
         world_size, rank = self._world()
         sampler = MixedBatchSampler(
             [self.loss_types[i] for i in self.train_set["loss_type_id"]],
             micro_batch_size=self.micro_batch_size,
-            global_batch_size=self.global_batch_size,
-            ul_per_global_batch=self.ul_per_global_batch,
+            ce_per_step=self.ce_per_step,
+            ul_per_step=self.ul_per_step,
             num_replicas=world_size,
             rank=rank,
             seed=self.seed,
+            epoch_end=self.epoch_end,
+            scored_tokens=self._scored_tokens(),
             lengths=self._lengths() if self.group_by_length else None,
             group_by_length=self.group_by_length,
         )
@@ -209,8 +228,8 @@ class RecordsDataModule(pl.LightningDataModule):
         if trainer_accumulation not in (None, sampler.accumulate_grad_batches):
             raise ValueError(
                 f"trainer.accumulate_grad_batches={trainer_accumulation} but "
-                f"train.global_batch_size / (train.micro_batch_size * world_size) = "
-                f"{sampler.accumulate_grad_batches}; build the Trainer through train_student, "
+                f"(train.ce_per_step + train.ul_per_step) / (train.micro_batch_size * world_size) "
+                f"= {sampler.accumulate_grad_batches}; build the Trainer through train_student, "
                 "which derives it"
             )
         self.report["sampler"] = sampler.report
@@ -218,10 +237,11 @@ class RecordsDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.sampler = self.build_sampler()
+        collate = Collator(self.tokenizer.pad_token_id, self.loss_types, packing=self.packing)
         self.loader = ResumableDataLoader(
-            self.train_set,
-            batch_sampler=self.sampler,
-            collate_fn=Collator(self.tokenizer.pad_token_id, self.loss_types, packing=self.packing),
+            RecordsWithStepTotals(self.train_set),
+            batch_sampler=StepTotalsBatches(self.sampler),
+            collate_fn=CollateWithStepTotals(collate),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -256,7 +276,7 @@ class ResumableDataLoader(DataLoader):
         self._resume = (int(epoch), int(micro_batches))
 
     def __iter__(self) -> Iterator[Any]:
-        sampler = self.batch_sampler
+        sampler = self.batch_sampler.sampler
         start = 0
         if self._resume is not None and self._resume[0] == sampler.epoch:
             start = self._resume[1] if self._resume[1] < len(sampler) else 0

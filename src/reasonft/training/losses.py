@@ -3,13 +3,17 @@
 A term turns `log p(y_t)` into a per-token loss, keeps the tokens of the sequences whose
 `loss_type` it serves, and reduces them:
 
-- `reduction="token"`: mean over all of the term's tokens in the micro-batch;
-- `reduction="sequence"`: mean over each sequence's tokens, then mean over sequences.
+- `reduction="token"`: sum over the term's tokens / the term's token count;
+- `reduction="sequence"`: sum over the term's sequences of each sequence's token mean / the
+  term's sequence count.
 
-A micro-batch without any token for a term contributes 0 for it. Lightning averages micro-batch
-losses over gradient accumulation and DDP averages over ranks, so with one sequence per
-micro-batch (the official recipe) the global objective is exactly the official
-`(1/G) * sum over sequences of [CE(seq) or lambda * UL(seq)]`.
+The count is the whole optimiser step's (all micro-batches, all ranks) when the micro-batch
+carries its `StepTotals`; the micro-batch's own count otherwise. With step totals, the sum over
+a step's micro-batches and ranks of `LossComposition`'s total is exactly
+`sum_term weight * (term over the step)` — the official OXA_FULL objective
+`mean_CE_seqs CE(seq) + lambda * mean_UL_seqs UL(seq)` when both terms reduce by sequence —
+whatever the micro-batch size, accumulation and world size; StudentModule scales the returned
+loss so that Lightning's accumulation and DDP's gradient averaging give that sum's gradient.
 
 A new term is a new `LossTerm` subclass plus a `conf/loss/*.yaml` that names it.
 """
@@ -23,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from reasonft.training.step_totals import StepTotals
 
 REDUCTIONS = ("token", "sequence")
 # log(1 - 1e-6): the largest log p the unlikelihood term accepts, so log(1 - p) stays finite.
@@ -107,8 +113,9 @@ class UnlikelihoodTerm(LossTerm):
 
 @dataclass(frozen=True)
 class TermValue:
-    """One term on one micro-batch: `value` (differentiable, unweighted), and the detached
-    `total`/`count` of its reduction units so that values can be pooled over many micro-batches."""
+    """One term on one micro-batch: `value` (differentiable, unweighted) = `total` / the step's
+    (or, without step totals, the micro-batch's) count, and the detached `total`/`count` of the
+    micro-batch's own reduction units so that values can be pooled over many micro-batches."""
 
     value: Tensor
     total: Tensor
@@ -150,8 +157,11 @@ class LossComposition:
         target_mask: Tensor,
         loss_type_ids: Tensor,
         loss_types: Sequence[str],
+        step_totals: StepTotals | None = None,
     ) -> LossOutput:
-        """Apply every term to the sequences whose `loss_types[loss_type_ids[b]]` is its type."""
+        """Apply every term to the sequences whose `loss_types[loss_type_ids[b]]` is its type,
+        normalised by the step's count of the term's units (`step_totals`) or, without it, by
+        this micro-batch's own count."""
         total = logp.new_zeros(())
         values: dict[str, TermValue] = {}
         for name, term in self.terms.items():
@@ -160,7 +170,10 @@ class LossComposition:
             else:
                 selector = torch.zeros_like(loss_type_ids, dtype=torch.bool)
             term_sum, count = term.sum_and_count(logp, target_mask, selector)
-            value = term_sum / count.clamp(min=1)
+            if step_totals is None:
+                value = term_sum / count.clamp(min=1)
+            else:
+                value = term_sum / max(step_totals.units(term.loss_type, term.reduction), 1)
             total = total + term.weight * value
             values[name] = TermValue(value, term_sum.detach(), count.detach(), term.weight)
         return LossOutput(total, values)

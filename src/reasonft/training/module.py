@@ -1,10 +1,20 @@
 """The LightningModule that fine-tunes the student with a LossComposition (METHODS §1b-§1d).
 
 Per-token log-probs and entropies come from one chunked pass (`token_logprobs`): the
-`[batch, length, vocab]` logits never exist whole. Metrics are pooled over every micro-batch of
-an optimiser step and over all ranks, then logged once per step:
+`[batch, length, vocab]` logits never exist whole.
 
-- `loss`: the objective as optimised (mean over micro-batches of the weighted sum of terms);
+Each term is normalised by its count over the whole optimiser step, which the micro-batch carries
+(`batch["step_totals"]`, from the sampler); the sum of the micro-batches' losses over the step and
+all ranks is then the step's objective, and `training_step` returns its micro-batch's part times
+`accumulate_grad_batches * world_size`, undoing Lightning's division by the accumulation and
+DDP's gradient averaging over ranks, so the step's gradient is exactly the objective's. A batch
+without step totals (a hand-made DataLoader) is normalised by its own counts and returned as is
+(Lightning then averages micro-batches and ranks).
+
+Metrics are pooled over every micro-batch of an optimiser step and over all ranks, then logged
+once per step:
+
+- `loss`: the step's objective, `sum_term weight * loss_<term>`;
 - `loss_<term>`: each term, unweighted, reduced over the whole global batch;
 - `entropy_<loss_type>`: mean token entropy of pi_theta on the scored tokens of that type;
 - `tokens_<loss_type>`, `sequences_<loss_type>`: scored tokens and sequences of that type;
@@ -16,19 +26,30 @@ The learning rate is logged by the LearningRateMonitor callback.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from transformers import get_cosine_schedule_with_warmup
 
 from reasonft.data.prompts import IGNORE_INDEX
 from reasonft.scoring.logprobs import token_logprobs
 from reasonft.training.losses import LossComposition, LossOutput
+from reasonft.training.schedules import warmup_cosine
+from reasonft.training.step_totals import StepTotals
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+# The defaults of conf/train/default.yaml's optimizer and scheduler nodes, for callers without one.
+DEFAULT_OPTIMIZER: OptimizerFactory = functools.partial(
+    torch.optim.AdamW, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1
+)
+DEFAULT_SCHEDULER: SchedulerFactory = functools.partial(warmup_cosine, warmup_ratio=0.03)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -72,30 +93,26 @@ class StudentModule(pl.LightningModule):
         self,
         model: torch.nn.Module,
         loss: LossComposition,
-        lr: float = 1e-5,
-        betas: Sequence[float] = (0.9, 0.95),
-        weight_decay: float = 0.1,
-        warmup_ratio: float = 0.03,
+        optimizer: OptimizerFactory = DEFAULT_OPTIMIZER,
+        scheduler: SchedulerFactory | None = DEFAULT_SCHEDULER,
         chunk_tokens: int = 4096,
         gradient_checkpointing: bool = False,
     ) -> None:
+        """`optimizer(param_groups)` builds the optimiser (the groups: weights with the
+        optimiser's own weight decay, biases and norm weights with none); `scheduler(optimizer,
+        total_steps=N)` (or `scheduler(optimizer)` when it takes no `total_steps`) the per-step
+        learning-rate schedule, null for a constant rate."""
         super().__init__()
-        if lr <= 0:
-            raise ValueError(f"train.lr={lr} must be positive")
-        if not 0.0 <= warmup_ratio < 1.0:
-            raise ValueError(f"train.warmup_ratio={warmup_ratio} must be in [0, 1)")
-        if len(betas) != 2:
-            raise ValueError(f"train.betas={list(betas)} must be two numbers, e.g. [0.9, 0.95]")
+        check_optimization(optimizer, scheduler)
         self.model = model
         self.loss = loss
-        self.lr = lr
-        self.betas = (float(betas[0]), float(betas[1]))
-        self.weight_decay = weight_decay
-        self.warmup_ratio = warmup_ratio
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         self.chunk_tokens = chunk_tokens
         if gradient_checkpointing:
             enable_activation_checkpointing(model)
         self._stats = StepStats()
+        self._step_totals: StepTotals | None = None
         self._saved_use_cache: bool | None = None
         self._saved_training_mode = model.training
 
@@ -119,13 +136,16 @@ class StudentModule(pl.LightningModule):
     def compute_loss(self, batch: dict[str, Any]) -> tuple[LossOutput, Tensor, Tensor]:
         """(loss output, per-token entropy [B, L], scored-token mask [B, L]) of one micro-batch."""
         target_mask = batch["labels"] != IGNORE_INDEX
+        target_mask[:, 0] = False  # nothing predicts a sequence's first token
         if "packed_input_ids" in batch:
             logp, entropy = self._packed_logprobs(batch, target_mask)
         else:
             logp, entropy = token_logprobs(
                 self.model, batch["input_ids"], batch["attention_mask"], target_mask, self.chunk_tokens
             )
-        out = self.loss(logp, target_mask, batch["loss_type"], batch["loss_types"])
+        out = self.loss(
+            logp, target_mask, batch["loss_type"], batch["loss_types"], batch.get("step_totals")
+        )
         return out, entropy.detach(), target_mask
 
     def _packed_logprobs(self, batch: dict[str, Any], target_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -152,7 +172,16 @@ class StudentModule(pl.LightningModule):
         if self.trainer.strategy.reduce_boolean_decision(not finite, all=False):
             self.on_nonfinite_loss(batch, batch_idx, out, finite)
         self.record_micro_batch(batch, out, entropy, target_mask)
-        return out.total
+        if batch.get("step_totals") is None:
+            return out.total
+        self._step_totals = batch["step_totals"]
+        return out.total * self.gradient_scale()
+
+    def gradient_scale(self) -> int:
+        """What Lightning divides the returned loss by (the accumulation) times what the strategy
+        averages gradients over (the ranks). DeepSpeed's engine may divide by its accumulation
+        steps once more; that strategy is not covered by the tests."""
+        return self.trainer.accumulate_grad_batches * self.trainer.world_size
 
     def on_nonfinite_loss(
         self, batch: dict[str, Any], batch_idx: int, out: LossOutput, finite_here: bool
@@ -177,8 +206,6 @@ class StudentModule(pl.LightningModule):
     ) -> None:
         """Add one micro-batch's sums to the current optimiser step's statistics."""
         stats = self._stats
-        stats.add("micro_batches", torch.ones((), device=entropy.device))
-        stats.add("loss", out.total)
         stats.add("input_tokens", batch["attention_mask"].sum())
         for name, term in out.terms.items():
             stats.add(f"term_sum/{name}", term.total)
@@ -198,8 +225,12 @@ class StudentModule(pl.LightningModule):
         if self._stats.sums:
             started = self._stats.started or time.perf_counter()
             elapsed = time.perf_counter() - started
-            metrics.update(self.step_metrics(self._stats.pooled(self.trainer.strategy), elapsed))
+            pooled = self._stats.pooled(self.trainer.strategy)
+            if self._step_totals is not None:
+                self.check_step_totals(pooled, self._step_totals)
+            metrics.update(self.step_metrics(pooled, elapsed))
         self._stats.reset()
+        self._step_totals = None
         if "loss" in metrics:
             self.log(
                 "loss",
@@ -211,13 +242,27 @@ class StudentModule(pl.LightningModule):
             )
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
 
+    def check_step_totals(self, pooled: dict[str, float], totals: StepTotals) -> None:
+        """The units the terms found over the step must be the ones they were divided by."""
+        for name, term in self.loss.terms.items():
+            expected = totals.units(term.loss_type, term.reduction)
+            found = pooled[f"term_count/{name}"]
+            if found != expected:
+                raise RuntimeError(
+                    f"loss.terms.{name}: the step's {term.reduction} count is {found:g} over all "
+                    f"micro-batches and ranks, but the sampler's step totals say {expected}; the "
+                    "loss was normalised by the wrong count (the records' scored tokens and the "
+                    "loss mask disagree)"
+                )
+
     def step_metrics(self, pooled: dict[str, float], elapsed: float) -> dict[str, float]:
         """Logged metrics from the step's sums pooled over micro-batches and ranks."""
-        metrics = {"loss": pooled["loss"] / pooled["micro_batches"]}
-        for name in self.loss.terms:
+        metrics = {"loss": 0.0}
+        for name, term in self.loss.terms.items():
             count = pooled[f"term_count/{name}"]
             if count > 0:
                 metrics[f"loss_{name}"] = pooled[f"term_sum/{name}"] / count
+                metrics["loss"] += term.weight * metrics[f"loss_{name}"]
         for key, value in pooled.items():
             kind, _, loss_type = key.partition("/")
             if kind == "entropy_sum" and pooled[f"tokens/{loss_type}"] > 0:
@@ -231,34 +276,60 @@ class StudentModule(pl.LightningModule):
     # ---- optimisation ---------------------------------------------------------------------
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW (no weight decay on biases and norm weights) + cosine schedule with warmup."""
+        """`train.optimizer` over two groups (no weight decay on biases and norm weights) and
+        `train.scheduler`, stepped once per optimiser step."""
         decay, no_decay = [], []
         for name, param in self.model.named_parameters():
             if param.requires_grad:
                 (no_decay if param.ndim < 2 or name.endswith(".bias") else decay).append(param)
         groups = [
-            {"params": decay, "weight_decay": self.weight_decay, "name": "decay"},
+            {"params": decay, "name": "decay"},
             {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
         ]
-        optimizer = torch.optim.AdamW(
-            [g for g in groups if g["params"]], lr=self.lr, betas=self.betas
-        )
-        total_steps = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total_steps):
-            raise ValueError(
-                "trainer: the number of optimiser steps is unbounded; set trainer.max_epochs or "
-                "trainer.max_steps (the cosine schedule needs it)"
-            )
-        total_steps = int(total_steps)
-        scheduler = get_cosine_schedule_with_warmup(
-            optimizer, math.ceil(self.warmup_ratio * total_steps), total_steps
-        )
+        optimizer = self.optimizer_factory([g for g in groups if g["params"]])
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        kwargs = {}
+        if takes_total_steps(self.scheduler_factory):
+            total_steps = self.trainer.estimated_stepping_batches
+            if not math.isfinite(total_steps):
+                raise ValueError(
+                    "trainer: the number of optimiser steps is unbounded; set trainer.max_epochs "
+                    "or trainer.max_steps (train.scheduler needs it)"
+                )
+            kwargs["total_steps"] = int(total_steps)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {
-                "scheduler": scheduler,
+                "scheduler": self.scheduler_factory(optimizer, **kwargs),
                 "interval": "step",
                 "frequency": 1,
                 "name": "lr",
             },
         }
+
+
+def takes_total_steps(factory: SchedulerFactory) -> bool:
+    return "total_steps" in inspect.signature(factory).parameters
+
+
+def check_optimization(optimizer: OptimizerFactory, scheduler: SchedulerFactory | None) -> None:
+    """Build the optimiser and schedule once on a stand-in parameter, so that a bad setting
+    fails when the module is made, naming its config key, not when training starts."""
+    probe = [{"params": [torch.nn.Parameter(torch.zeros(1))], "name": "probe"}]
+    try:
+        built = optimizer(probe)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"train.optimizer: {error}") from error
+    if not isinstance(built, torch.optim.Optimizer):
+        raise TypeError(
+            f"train.optimizer must build a torch.optim.Optimizer (a `_target_` with "
+            f"`_partial_: true`), got {type(built).__name__}"
+        )
+    if scheduler is None:
+        return
+    try:
+        kwargs = {"total_steps": 100} if takes_total_steps(scheduler) else {}
+        scheduler(built, **kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"train.scheduler: {error}") from error

@@ -1,23 +1,26 @@
-"""Batch sampler that puts a fixed number of unlikelihood sequences in every global batch (§1c).
+"""Batch sampler that builds every optimiser step from exactly C CE and U UL sequences (METHODS §1c).
 
-A *global batch* of `global_batch_size` sequences is what one optimiser step sees over all ranks
-and accumulation steps: `micro_batch_size * world_size * accumulate_grad_batches`. Each global
-batch holds exactly `ul_per_global_batch` records of the UL type and the rest CE records; its
-positions are shuffled (or sorted by length, `group_by_length`), cut into micro-batches, and
-micro-batch `a * world_size + rank` is rank `rank`'s `a`-th accumulation step. Every rank yields
-the same number of micro-batches; a rank's share of UL records varies from step to step when
-`ul_per_global_batch` is not a multiple of the world size (the official 16 of 128 on 32 GPUs).
+One optimiser step sees `C + U = micro_batch_size * world_size * accumulate_grad_batches`
+sequences over all ranks and accumulation steps (the official OXA_FULL: 128 CE + 128 UL; SFT,
+SFT_LP and OXA_MLE: 128 CE). Inside a step the U UL sequences are spread as evenly as possible:
+every micro-batch holds floor or ceil of U / (micro-batches per step) of them, and so does, up to
+one, every micro-step (all ranks together) and every rank over the step; which micro-batches get
+the extra one changes from step to step. With `group_by_length` the step's sequences are instead
+sorted by length before they are cut into micro-batches (less padding; a micro-batch's share of
+UL then follows the lengths — the step's totals and its objective do not change).
+Micro-batch `a * world_size + rank` of a step is rank `rank`'s `a`-th accumulation step.
 
-Epoch length is driven by the CE side: `ceil(n_ce / ce_per_global_batch)` global batches, so each
-CE record is seen once per epoch; the last global batch is filled up from a fresh permutation.
-The UL side is drawn as a stream of permutations: when it runs out it starts a new (reshuffled)
-pass, and when it has more records than an epoch needs the rest wait for a later epoch's shuffle.
-Both are counted in `report`.
+Epoch end (`epoch_end`):
+- `shortest` (the official rule): a fresh permutation of each pool per epoch, cut into steps
+  until either pool cannot fill another step (drop_last); the records left over wait for a
+  later epoch's shuffle.
+- `ce`: the CE pool sets the epoch, `ceil(n_ce / C)` steps, each CE record once (the last step
+  is topped up from a fresh permutation); the UL side is a stream of permutations, restarted with
+  a new shuffle when it runs out.
+`report` states, per pool and epoch, how many records were used, repeated and left out.
 
 The order is a pure function of `(seed, epoch)`: `set_epoch(e)` (which Lightning calls at the
 start of each epoch) followed by iteration reproduces epoch e exactly, e.g. after resuming.
-With `ul_per_global_batch = 0`, or with only one kind of record, it is a plain shuffled batch
-sampler over all records (same filling rule for the last global batch).
 """
 
 from __future__ import annotations
@@ -29,88 +32,155 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
+from reasonft.training.step_totals import StepTotals
+
 _CE_STREAM, _UL_STREAM, _LAYOUT_STREAM = 0, 1, 2
+EPOCH_END_RULES = ("shortest", "ce")
 
 
-def accumulation_steps(global_batch_size: int, micro_batch_size: int, world_size: int) -> int:
-    """`global_batch_size / (micro_batch_size * world_size)`, or a clear error if not an integer."""
+def accumulation_steps(sequences_per_step: int, micro_batch_size: int, world_size: int) -> int:
+    """`sequences_per_step / (micro_batch_size * world_size)`, or a clear error if not an integer."""
     for name, value in (
-        ("global_batch_size", global_batch_size),
         ("micro_batch_size", micro_batch_size),
         ("world_size", world_size),
     ):
         if int(value) != value or value < 1:
             raise ValueError(f"train: {name}={value!r} must be a positive integer")
-    per_step = micro_batch_size * world_size
-    if global_batch_size % per_step:
+    per_micro_step = micro_batch_size * world_size
+    if int(sequences_per_step) != sequences_per_step or sequences_per_step < 1:
         raise ValueError(
-            f"train.global_batch_size={global_batch_size} must be a multiple of "
-            f"train.micro_batch_size * world_size = {micro_batch_size} * {world_size} = {per_step} "
-            "(world_size = trainer.devices * trainer.num_nodes)"
+            f"train.ce_per_step + train.ul_per_step = {sequences_per_step!r} must be a positive "
+            "integer"
         )
-    return global_batch_size // per_step
+    if sequences_per_step % per_micro_step:
+        raise ValueError(
+            f"train.ce_per_step + train.ul_per_step = {sequences_per_step} must be a multiple of "
+            f"train.micro_batch_size * world_size = {micro_batch_size} * {world_size} = "
+            f"{per_micro_step} (world_size = trainer.devices * trainer.num_nodes)"
+        )
+    return sequences_per_step // per_micro_step
+
+
+def spread_counts(total: int, micro_steps: int, ranks: int) -> np.ndarray:
+    """`[micro_steps, ranks]` counts summing to `total`: each cell floor or ceil of the mean, each
+    row and each column too (the extras go down wrapped diagonals, shifted by one per wrap)."""
+    cells = micro_steps * ranks
+    counts = np.full((micro_steps, ranks), total // cells, dtype=np.int64)
+    period = math.lcm(micro_steps, ranks)
+    for k in range(total % cells):
+        counts[k % micro_steps, (k + k // period) % ranks] += 1
+    return counts
 
 
 class MixedBatchSampler(Sampler[list[int]]):
-    """Yields this rank's micro-batches (lists of record indices); U UL records per global batch."""
+    """Yields this rank's micro-batches (lists of record indices); C CE + U UL per step."""
 
     def __init__(
         self,
         loss_types: Sequence[str],
         micro_batch_size: int,
-        global_batch_size: int,
-        ul_per_global_batch: int = 0,
+        ce_per_step: int,
+        ul_per_step: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
         seed: int = 0,
+        epoch_end: str = "shortest",
         ul_type: str = "ul",
+        scored_tokens: Sequence[int] | None = None,
         lengths: Sequence[int] | None = None,
         group_by_length: bool = False,
     ) -> None:
+        for name, value in (("ce_per_step", ce_per_step), ("ul_per_step", ul_per_step)):
+            if int(value) != value or value < 0:
+                raise ValueError(f"train.{name}={value!r} must be a non-negative integer")
+        ce_per_step, ul_per_step = int(ce_per_step), int(ul_per_step)
         self.accumulate_grad_batches = accumulation_steps(
-            global_batch_size, micro_batch_size, num_replicas
+            ce_per_step + ul_per_step, micro_batch_size, num_replicas
         )
         if not 0 <= rank < num_replicas:
             raise ValueError(f"sampler: rank={rank} must be in [0, num_replicas={num_replicas})")
-        if not 0 <= ul_per_global_batch <= global_batch_size:
-            raise ValueError(
-                f"train.ul_per_global_batch={ul_per_global_batch} must be in "
-                f"[0, train.global_batch_size={global_batch_size}]"
-            )
+        if epoch_end not in EPOCH_END_RULES:
+            raise ValueError(f"train.epoch_end={epoch_end!r}; choose one of {EPOCH_END_RULES}")
         if int(seed) != seed or seed < 0:
             raise ValueError(f"train.seed={seed!r} must be a non-negative integer")
         if not loss_types:
             raise ValueError("sampler: no records to sample from (the training set is empty)")
-        if group_by_length and (lengths is None or len(lengths) != len(loss_types)):
+        for name, values in (("lengths", lengths), ("scored_tokens", scored_tokens)):
+            if values is not None and len(values) != len(loss_types):
+                raise ValueError(f"sampler: {name} needs one value per record")
+        if group_by_length and lengths is None:
             raise ValueError("sampler: group_by_length needs one length per record")
 
         self.micro_batch_size = micro_batch_size
-        self.global_batch_size = global_batch_size
         self.num_replicas = num_replicas
         self.rank = rank
         self.seed = int(seed)
-        self.start = 0
+        self.epoch_end = epoch_end
+        self.ce_per_step = ce_per_step
+        self.ul_per_step = ul_per_step
+        self.sequences_per_step = ce_per_step + ul_per_step
         self.group_by_length = group_by_length
         self.lengths = None if lengths is None else np.asarray(lengths)
+        self.start = 0
         self.epoch = 0
 
-        types = np.asarray(list(loss_types), dtype=object)
-        self.ul_indices = np.flatnonzero(types == ul_type)
-        self.ce_indices = np.flatnonzero(types != ul_type)
-        self.all_indices = np.arange(len(types))
-        n_ce, n_ul = len(self.ce_indices), len(self.ul_indices)
-        self.mixed = ul_per_global_batch > 0 and n_ce > 0 and n_ul > 0
-        if self.mixed and ul_per_global_batch == global_batch_size:
-            raise ValueError(
-                f"train.ul_per_global_batch={ul_per_global_batch} fills the whole global batch, so "
-                f"the {n_ce} CE records would never be trained on; lower it below "
-                f"train.global_batch_size={global_batch_size}"
+        self.types = np.asarray(list(loss_types), dtype=object)
+        self.ul_indices = np.flatnonzero(self.types == ul_type)
+        self.ce_indices = np.flatnonzero(self.types != ul_type)
+        self.type_names = sorted(set(self.types.tolist()))
+        self.type_ids = np.asarray([self.type_names.index(t) for t in self.types.tolist()])
+        self.scored_tokens = (
+            np.ones(len(self.types), dtype=np.int64)
+            if scored_tokens is None
+            else np.asarray(scored_tokens, dtype=np.int64)
+        )
+        self._check_pools(len(self.ce_indices), len(self.ul_indices))
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.ul_per_micro_batch = spread_counts(
+            ul_per_step, self.accumulate_grad_batches, num_replicas
+        )
+
+    def _check_pools(self, n_ce: int, n_ul: int) -> None:
+        """Every pool has a positive share of each step, and every positive share has records."""
+        for kind, n, per_step in (("ce", n_ce, self.ce_per_step), ("ul", n_ul, self.ul_per_step)):
+            key = f"train.{kind}_per_step"
+            if per_step > 0 and n == 0:
+                raise ValueError(
+                    f"{key}={per_step} but the training set has no {kind.upper()} records; set "
+                    f"{key}=0 (and the other share to the whole step)"
+                )
+            if per_step == 0 and n > 0:
+                raise ValueError(
+                    f"{key}=0 but the training set has {n} {kind.upper()} records the loss trains "
+                    f"on, which would never be seen; give them a share of every step ({key}) or "
+                    "pick a loss without that term (e.g. loss=sft drops UL records)"
+                )
+
+    def _steps_per_epoch(self) -> int:
+        pools = [
+            (kind, len(indices), per_step)
+            for kind, indices, per_step in (
+                ("ce", self.ce_indices, self.ce_per_step),
+                ("ul", self.ul_indices, self.ul_per_step),
             )
-        self.requested_ul_per_global_batch = ul_per_global_batch
-        self.ul_per_global_batch = ul_per_global_batch if self.mixed else 0
-        self.ce_per_global_batch = global_batch_size - self.ul_per_global_batch
-        driver = n_ce if self.mixed else len(types)
-        self.steps_per_epoch = math.ceil(driver / self.ce_per_global_batch)
+            if per_step > 0
+        ]
+        if self.epoch_end == "ce":
+            if self.ce_per_step == 0:
+                raise ValueError(
+                    "train.epoch_end=ce lets the CE pool set the epoch, but train.ce_per_step=0; "
+                    "use train.epoch_end=shortest"
+                )
+            return math.ceil(len(self.ce_indices) / self.ce_per_step)
+        steps = min(n // per_step for _, n, per_step in pools)
+        if steps == 0:
+            kind, n, per_step = min(pools, key=lambda pool: pool[1] // pool[2])
+            raise ValueError(
+                f"train.{kind}_per_step={per_step} but only {n} {kind.upper()} records: not one "
+                f"full step under train.epoch_end=shortest; lower train.{kind}_per_step"
+                + (" or set train.epoch_end=ce (UL records then repeat)" if kind == "ul" else "")
+            )
+        return steps
 
     @property
     def sampler(self) -> MixedBatchSampler:
@@ -124,86 +194,101 @@ class MixedBatchSampler(Sampler[list[int]]):
         """Micro-batches this rank yields per epoch."""
         return self.steps_per_epoch * self.accumulate_grad_batches
 
-    def _stream(self, indices: np.ndarray, demand: int, stream: int, epoch: int) -> np.ndarray:
+    def _draws(self, indices: np.ndarray, demand: int, stream: int, epoch: int) -> np.ndarray:
         """`demand` indices: successive fresh permutations of `indices`, cut to length."""
+        if demand == 0:
+            return indices[:0]
         rng = np.random.default_rng([self.seed, epoch, stream])
         passes = math.ceil(demand / len(indices))
         return np.concatenate([rng.permutation(indices) for _ in range(passes)])[:demand]
 
     def global_batches(self, epoch: int | None = None) -> np.ndarray:
-        """All ranks' record indices for each optimiser step, laid out as `[steps, global_batch]`:
+        """All ranks' record indices for each optimiser step, laid out as `[steps, C + U]`:
         position `j * micro_batch_size + i` is item i of micro-batch j."""
         epoch = self.epoch if epoch is None else epoch
-        steps = self.steps_per_epoch
-        if self.mixed:
-            ce = self._stream(self.ce_indices, steps * self.ce_per_global_batch, _CE_STREAM, epoch)
-            ul = self._stream(self.ul_indices, steps * self.ul_per_global_batch, _UL_STREAM, epoch)
-            batches = np.concatenate(
-                [ce.reshape(steps, -1), ul.reshape(steps, self.ul_per_global_batch)], axis=1
-            )
-        else:
-            batches = self._stream(
-                self.all_indices, steps * self.global_batch_size, _CE_STREAM, epoch
-            ).reshape(steps, -1)
+        steps, micro = self.steps_per_epoch, self.micro_batch_size
+        ce = self._draws(self.ce_indices, steps * self.ce_per_step, _CE_STREAM, epoch)
+        ul = self._draws(self.ul_indices, steps * self.ul_per_step, _UL_STREAM, epoch)
+        ce, ul = ce.reshape(steps, self.ce_per_step), ul.reshape(steps, self.ul_per_step)
         rng = np.random.default_rng([self.seed, epoch, _LAYOUT_STREAM])
+        slot = np.arange(micro)
+        batches = np.empty((steps, self.sequences_per_step), dtype=np.int64)
         for step in range(steps):
-            batch = batches[step][rng.permutation(self.global_batch_size)]
+            # Permuting micro-steps and ranks keeps every row and column sum of the spread.
+            counts = self.ul_per_micro_batch[rng.permutation(self.accumulate_grad_batches)]
+            counts = counts[:, rng.permutation(self.num_replicas)]
+            is_ul = (slot[None, :] < counts.reshape(-1, 1)).reshape(-1)
+            batch = batches[step]
+            batch[is_ul], batch[~is_ul] = ul[step], ce[step]
             if self.group_by_length:
-                batch = batch[np.argsort(-self.lengths[batch], kind="stable")]
-            batches[step] = batch
+                batch[:] = batch[np.argsort(-self.lengths[batch], kind="stable")]
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
-        # `start` (set when resuming mid-epoch) skips the micro-batches this rank already trained on.
+    def totals(self, batch: np.ndarray) -> StepTotals:
+        """Sequences (with scored tokens) and scored tokens per loss type in one step."""
+        tokens = self.scored_tokens[batch]
+        type_ids = self.type_ids[batch]
+        n_types = len(self.type_names)
+        sequences = np.bincount(type_ids, weights=tokens > 0, minlength=n_types)
+        token_sums = np.bincount(type_ids, weights=tokens, minlength=n_types)
+        return StepTotals(
+            sequences={t: int(n) for t, n in zip(self.type_names, sequences, strict=True)},
+            tokens={t: int(n) for t, n in zip(self.type_names, token_sums, strict=True)},
+        )
+
+    def micro_batches_with_totals(self) -> Iterator[tuple[list[int], StepTotals]]:
+        """This rank's micro-batches of the current epoch, each with its step's totals.
+        `start` (set when resuming mid-epoch) skips the micro-batches already trained on."""
         start, self.start = self.start, 0
         micro, world = self.micro_batch_size, self.num_replicas
         position = 0
         for batch in self.global_batches():
+            totals = None
             for accumulation in range(self.accumulate_grad_batches):
                 if position >= start:
+                    if totals is None:
+                        totals = self.totals(batch)
                     begin = (accumulation * world + self.rank) * micro
-                    yield batch[begin : begin + micro].tolist()
+                    yield batch[begin : begin + micro].tolist(), totals
                 position += 1
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for indices, _ in self.micro_batches_with_totals():
+            yield indices
 
     @property
     def report(self) -> dict[str, Any]:
-        """Per-epoch composition and reuse figures (identical for every epoch).
-
-        `cycled[stream]`: how many times the stream ran out and restarted with a new shuffle;
-        `repeated_per_epoch`: draws beyond one pass; `unused_per_epoch`: records not drawn.
-        Streams are `ce` and `ul` in mixed mode, `all` in plain mode.
-        """
-
-        def reuse(n: int, demand: int) -> dict[str, int]:
-            return {
-                "cycled": math.ceil(demand / n) - 1,
-                "repeated": max(0, demand - n),
-                "unused": max(0, n - demand),
-            }
-
+        """Composition of every step and, per pool, the records used, repeated and left out in
+        one epoch (the same figures every epoch)."""
         steps = self.steps_per_epoch
-        report: dict[str, Any] = {
-            "mode": "mixed" if self.mixed else "plain",
+        pools = {}
+        for kind, indices, per_step in (
+            ("ce", self.ce_indices, self.ce_per_step),
+            ("ul", self.ul_indices, self.ul_per_step),
+        ):
+            n, draws = len(indices), steps * per_step
+            pools[kind] = {
+                "records": n,
+                "per_step": per_step,
+                "draws_per_epoch": draws,
+                "used_per_epoch": min(n, draws),
+                "repeated_per_epoch": max(0, draws - n),
+                "left_out_per_epoch": max(0, n - draws),
+            }
+        return {
+            "epoch_end": self.epoch_end,
             "steps_per_epoch": steps,
             "micro_batches_per_rank": len(self),
             "accumulate_grad_batches": self.accumulate_grad_batches,
             "world_size": self.num_replicas,
-            "global_batch_size": self.global_batch_size,
-            "requested_ul_per_global_batch": self.requested_ul_per_global_batch,
-            "ce_per_global_batch": self.ce_per_global_batch,
-            "ul_per_global_batch": self.ul_per_global_batch,
-            "n_ce": len(self.ce_indices),
-            "n_ul": len(self.ul_indices),
+            "micro_batch_size": self.micro_batch_size,
+            "sequences_per_step": self.sequences_per_step,
+            "ce_per_step": self.ce_per_step,
+            "ul_per_step": self.ul_per_step,
+            "ul_per_micro_batch": {
+                "min": int(self.ul_per_micro_batch.min()),
+                "max": int(self.ul_per_micro_batch.max()),
+            },
             "group_by_length": self.group_by_length,
+            "pools": pools,
         }
-        if self.mixed:
-            streams = {
-                "ce": reuse(len(self.ce_indices), steps * self.ce_per_global_batch),
-                "ul": reuse(len(self.ul_indices), steps * self.ul_per_global_batch),
-            }
-        else:
-            streams = {"all": reuse(len(self.all_indices), steps * self.global_batch_size)}
-        report["cycled"] = {name: f["cycled"] for name, f in streams.items()}
-        report["repeated_per_epoch"] = {name: f["repeated"] for name, f in streams.items()}
-        report["unused_per_epoch"] = {name: f["unused"] for name, f in streams.items()}
-        return report

@@ -3,13 +3,16 @@
 Config keys read (all others are ignored; the whole resolved config is logged as hyperparameters):
 
 - `loss`: a LossComposition (`conf/loss/*.yaml`), instantiated.
-- `train.{lr, betas, weight_decay, warmup_ratio, chunk_tokens, gradient_checkpointing}`: module.
-- `train.{prompt_suffix, chat_template, max_length, overlength, micro_batch_size,
-  global_batch_size, ul_per_global_batch, seed, num_workers, group_by_length, packing}`: data.
+- `train.optimizer`: a partial (`_target_` + `_partial_: true`) called with the parameter groups;
+  `train.scheduler`: a partial called with `(optimizer, total_steps=...)`, or null (constant lr).
+- `train.{chunk_tokens, gradient_checkpointing}`: module.
+- `train.{prompt_suffix, chat_template, max_length, overlength, micro_batch_size, ce_per_step,
+  ul_per_step, epoch_end, seed, num_workers, group_by_length, packing}`: data.
 - `train.ckpt_path`: passed to `Trainer.fit` (`last`, a path, or null).
 - `trainer`: a `pytorch_lightning.Trainer` node, instantiated with `strategy`, `logger` and
   `callbacks` built from the groups below; `accumulate_grad_batches` is derived as
-  `train.global_batch_size / (train.micro_batch_size * trainer.world_size)` and must not be set.
+  `(train.ce_per_step + train.ul_per_step) / (train.micro_batch_size * trainer.world_size)` and
+  must not be set.
 - `strategy`: a node with `_target_` (a Strategy class) or with only `name` (a Lightning
   strategy name: auto, ddp, fsdp, deepspeed_stage_2, ...); absent means auto.
 - `logger`: mapping name -> logger node (empty: no logger); `callbacks`: mapping name ->
@@ -18,6 +21,7 @@ Config keys read (all others are ignored; the whole resolved config is logged as
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +36,12 @@ from transformers import PreTrainedTokenizerFast
 from reasonft.io import atomic_path, write_json
 from reasonft.models.tokenizer import save_tokenizer
 from reasonft.training.datamodule import RecordsDataModule
+from reasonft.training.losses import LossComposition
 from reasonft.training.module import StudentModule
 from reasonft.training.sampler import accumulation_steps
 from reasonft.training.strategies import full_state_dict
+
+log = logging.getLogger(__name__)
 
 
 def build_strategy(node: DictConfig | None) -> Strategy | str:
@@ -51,15 +58,29 @@ def build_strategy(node: DictConfig | None) -> Strategy | str:
     )
 
 
-def build_trainer(cfg: DictConfig) -> tuple[pl.Trainer, list[str]]:
+def ul_share(loss: LossComposition, train: DictConfig) -> int:
+    """UL sequences per step: `train.ul_per_step` when a loss term trains on UL records, else 0
+    (the selection's UL records are then left out of training, and said so once, at start-up)."""
+    if train.ul_per_step > 0 and "ul" not in loss.loss_types:
+        log.warning(
+            "train.ul_per_step=%s is ignored: the loss (%r) has no term on UL records, which are "
+            "left out; each step holds train.ce_per_step=%s CE sequences",
+            train.ul_per_step, loss, train.ce_per_step,
+        )
+        return 0
+    return int(train.ul_per_step)
+
+
+def build_trainer(cfg: DictConfig, ul_per_step: int | None = None) -> tuple[pl.Trainer, list[str]]:
     """The Trainer from `cfg.trainer`/`strategy`/`logger`/`callbacks`, with derived accumulation.
 
     Returns the trainer and the names of callbacks left out (LearningRateMonitor without logger).
     """
     if "accumulate_grad_batches" in cfg.trainer:
         raise ValueError(
-            "trainer.accumulate_grad_batches is derived from train.global_batch_size / "
-            "(train.micro_batch_size * world size); remove it from the trainer config"
+            "trainer.accumulate_grad_batches is derived from (train.ce_per_step + "
+            "train.ul_per_step) / (train.micro_batch_size * world size); remove it from the "
+            "trainer config"
         )
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node]
     callbacks, skipped = [], []
@@ -80,9 +101,24 @@ def build_trainer(cfg: DictConfig) -> tuple[pl.Trainer, list[str]]:
     # Set after construction, once the strategy knows the world size (Lightning's
     # GradientAccumulationScheduler sets this attribute the same way).
     trainer.accumulate_grad_batches = accumulation_steps(
-        cfg.train.global_batch_size, cfg.train.micro_batch_size, trainer.world_size
+        cfg.train.ce_per_step + (cfg.train.ul_per_step if ul_per_step is None else ul_per_step),
+        cfg.train.micro_batch_size,
+        trainer.world_size,
     )
     return trainer, skipped
+
+
+def build_partial(node: DictConfig | None, key: str, optional: bool = False) -> Any:
+    """A `_partial_: true` node instantiated into a callable (plain containers, so that the
+    optimiser's saved state holds no OmegaConf objects)."""
+    if node is None and optional:
+        return None
+    if node is None or "_target_" not in node or not node.get("_partial_", False):
+        raise ValueError(
+            f"{key} must be a node with `_target_` and `_partial_: true` (see "
+            f"conf/train/default.yaml){', or null' if optional else ''}"
+        )
+    return instantiate(node, _convert_="all")
 
 
 def save_student(model: Any, tokenizer: Any, path: Path, state_dict: dict[str, Any] | None = None) -> None:
@@ -103,14 +139,16 @@ def train_student(
     tokenizer: Any,
     out_dir: str | Path,
 ) -> str:
-    """Fine-tune `model` on `records`; write `out_dir/model` and `out_dir/train_report.json`.
+    """Fine-tune `model` on `records`; write `out_dir/model` and `out_dir/train_report.json`
+    (its `model_dir` is relative to `out_dir`, so it stays true when `out_dir` is renamed).
 
     Returns the path of the saved model folder (loadable with `AutoModelForCausalLM`).
     """
     train = cfg.train
     pl.seed_everything(train.seed, workers=True)
     loss = instantiate(cfg.loss)
-    trainer, skipped_callbacks = build_trainer(cfg)
+    ul_per_step = ul_share(loss, train)
+    trainer, skipped_callbacks = build_trainer(cfg, ul_per_step)
     datamodule = RecordsDataModule(
         records,
         tokenizer,
@@ -119,8 +157,9 @@ def train_student(
         max_length=train.max_length,
         overlength=train.overlength,
         micro_batch_size=train.micro_batch_size,
-        global_batch_size=train.global_batch_size,
-        ul_per_global_batch=train.ul_per_global_batch,
+        ce_per_step=train.ce_per_step,
+        ul_per_step=ul_per_step,
+        epoch_end=train.epoch_end,
         seed=train.seed,
         num_workers=train.num_workers,
         loss_types=loss.loss_types,
@@ -130,10 +169,8 @@ def train_student(
     module = StudentModule(
         model,
         loss,
-        lr=train.lr,
-        betas=tuple(train.betas),
-        weight_decay=train.weight_decay,
-        warmup_ratio=train.warmup_ratio,
+        optimizer=build_partial(train.optimizer, "train.optimizer"),
+        scheduler=build_partial(train.scheduler, "train.scheduler", optional=True),
         chunk_tokens=train.chunk_tokens,
         gradient_checkpointing=train.gradient_checkpointing,
     )
@@ -156,7 +193,7 @@ def train_student(
             "ckpt_path": train.ckpt_path,
             "callbacks_skipped": skipped_callbacks,
             "loss": repr(loss),
-            "model_dir": str(model_dir),
+            "model_dir": str(model_dir.relative_to(out_dir)),
         }
         write_json(report, out_dir / "train_report.json")
     trainer.strategy.barrier("train_student.save")
