@@ -7,6 +7,7 @@ stops here, in seconds, with the config key's name — not after generation and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -60,6 +61,15 @@ def required_scores(selector: Any) -> tuple[str, ...]:
     return tuple(c for c in SCORE_COLUMNS if c in selector.requires)
 
 
+def check_model_path(path: Any) -> None:
+    """A named checkpoint exists when it is a local path (a hub id is left to transformers)."""
+    if path is None:
+        raise ValueError("model.path: no checkpoint named and model.build is not set")
+    text = str(path)
+    if text.startswith(("/", ".", "~")) and not Path(text).expanduser().exists():
+        raise FileNotFoundError(f"model.path={text}: no such file or folder")
+
+
 def check_importable(cfg: DictConfig, group: str) -> None:
     """Each `_target_` of a mapping group (logger, callbacks) imports, without building it (a
     logger creates files and runs when built)."""
@@ -89,8 +99,8 @@ def start(cfg: DictConfig) -> Components:
     stages = set(plan.stages)
     if "base" in stages:
         parts.builder = build("model.build", cfg.model.build)
-    elif stages & {"generate", "score", "train", "evaluate"} and cfg.model.path is None:
-        raise ValueError("model.path: no checkpoint named and model.build is not set")
+    elif stages & {"generate", "score", "train", "evaluate"}:
+        check_model_path(cfg.model.path)
     if "generate" in stages:
         parts.generator = build("generate", cfg.generate)
     if "verify" in stages:
