@@ -19,6 +19,7 @@ from reasonft.pipeline.plan import Plan, make_plan
 from reasonft.selection.teacher_rank import TeacherRanker
 from reasonft.sweep import check_launch
 from reasonft.training.strategies import check_strategy
+from reasonft.training.train import check_train_config
 
 
 @dataclass
@@ -110,6 +111,7 @@ def start(cfg: DictConfig) -> Components:
     if "train" in stages:
         parts.loss = build("loss", cfg.loss)
         check_strategy(cfg.get("strategy"))
+        check_train_config(cfg, parts.loss)
         check_importable(cfg, "logger")
         check_importable(cfg, "callbacks")
     if "evaluate" in stages:

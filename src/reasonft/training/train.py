@@ -28,7 +28,7 @@ from typing import Any
 import datasets
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.strategies import Strategy
 from transformers import PreTrainedTokenizerFast
@@ -119,6 +119,27 @@ def build_partial(node: DictConfig | None, key: str, optional: bool = False) -> 
             f"conf/train/default.yaml){', or null' if optional else ''}"
         )
     return instantiate(node, _convert_="all")
+
+
+def check_train_config(cfg: DictConfig, loss: LossComposition) -> None:
+    """At start-up: the optimiser and schedule build (on a probe parameter), and the Trainer
+    builds with its strategy and the derived accumulation, so that a wrongly typed value or an
+    impossible size stops before any stage runs."""
+    from reasonft.training.module import check_optimization
+
+    check_optimization(
+        build_partial(cfg.train.optimizer, "train.optimizer"),
+        build_partial(cfg.train.scheduler, "train.scheduler", optional=True),
+    )
+    quiet = cfg.copy()
+    with open_dict(quiet):  # no files, no runs: the loggers and callbacks are checked elsewhere
+        quiet.logger, quiet.callbacks = {}, {}
+    try:
+        build_trainer(quiet, ul_share(loss, cfg.train))
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"trainer/train: {err}") from err
+    except Exception as err:  # noqa: BLE001 - Lightning's MisconfigurationException and kin
+        raise ValueError(f"trainer: {err}") from err
 
 
 def save_student(model: Any, tokenizer: Any, path: Path, state_dict: dict[str, Any] | None = None) -> None:

@@ -1,0 +1,209 @@
+"""The README is tested: every `python run.py ...` command it shows composes and passes start-up
+(every component built and checked) — or stops at start-up naming what this machine lacks (vLLM,
+DeepSpeed) — and the ones that fit a CPU budget run end to end at tiny sizes; the Python API
+snippet runs; every `python bench/...` command's script answers `--help`."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+import reasonft  # noqa: F401  (resolvers)
+from conftest import BENCHMARKS, needs_shared
+from reasonft.config import CONF_DIR, PROJECT_ROOT
+from reasonft.pipeline.runner import Pipeline
+from reasonft.pipeline.startup import start
+
+README = (PROJECT_ROOT / "README.md").read_text()
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
+TINY_TOY = [
+    "data.source.n_train=24", "data.source.n_test=6", "data.source.max_ops=2",
+    "model.build.steps=10", "model.build.n_pretrain=200", "model.build.vocab_size=400",
+    "model.build.hidden_size=32", "model.build.intermediate_size=64",
+    "generate.n=2", "generate.max_new_tokens=40", "verify.workers=1",
+    "eval.benchmarks.toy_test.n_samples=2", "eval.benchmarks.toy_test.limit=4",
+    "eval.benchmarks.toy_test_greedy.limit=4", "eval.ks=[1,2]",
+    "eval.generator.max_new_tokens=40", "eval.heldout_entropy.limit=4",
+    "logger=none", "callbacks.progress_bar=null",
+]
+
+
+def run_commands() -> list[str]:
+    """Every `python run.py` command of the README: bash blocks (continuations joined, comments
+    dropped) and inline code in the prose."""
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            tokens = shlex.split(line, comments=True)
+            if tokens[:2] == ["python", "run.py"]:
+                found.append(shlex.join(tokens))
+    for inline in re.findall(r"`(python run\.py[^`]*)`", README):
+        found.append(inline)
+    return found
+
+
+def bench_commands() -> list[str]:
+    return sorted(set(re.findall(r"`(python bench/[^`]*)`", README)))
+
+
+EXPECTED_TO_FAIL = {
+    # The README shows this one failing: an unknown key stops composition with its name.
+    "python run.py select.nn=5": "Could not override 'select.nn'",
+}
+
+
+def test_the_readme_shows_commands():
+    commands = run_commands()
+    assert len(commands) >= 8, commands
+    assert any("select=teacher_rank" in c for c in commands)
+    assert bench_commands()
+
+
+@pytest.fixture(scope="module")
+def placeholders(tmp_path_factory, tiny_model, tiny_tokenizer):
+    """Real files in place of the README's /ckpt/... and /data/... paths."""
+    from reasonft.models.tokenizer import save_tokenizer
+
+    root = tmp_path_factory.mktemp("readme")
+    ckpt = root / "ckpt"
+    tiny_model.save_pretrained(ckpt)
+    save_tokenizer(tiny_tokenizer, ckpt)
+    traces = root / "r1_traces.jsonl"
+    rows = [
+        {"problem": "What is 1 + 1?", "answer": "2", "generation": "<think>1+1=2</think> \\boxed{2}", "model": "R1"},
+        {"problem": "What is 2 + 3?", "answer": "5", "generation": "<think>2+3=5</think> \\boxed{5}", "model": "QwQ"},
+    ]
+    traces.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    parquet = root / "r1_traces.parquet"
+    import pandas as pd
+
+    pd.DataFrame(rows).to_parquet(parquet)
+    return {"ckpt": ckpt, "jsonl": traces, "parquet": parquet, "root": root}
+
+
+def _substitute(token: str, files: dict[str, Path]) -> str:
+    token = re.sub(r"/ckpt/[\w.\-]+", str(files["ckpt"]), token)
+    token = re.sub(r"/data/[\w.\-]+\.jsonl", str(files["jsonl"]), token)
+    return re.sub(r"/data/[\w.\-]+\.parquet", str(files["parquet"]), token)
+
+
+def expand(command: str, files: dict[str, Path]) -> list[list[str]]:
+    """The override lists of one command: a multirun's sweeps expanded into every job."""
+    tokens = [_substitute(t, files) for t in shlex.split(command)[2:] if t != "-m"]
+    parsed = OverridesParser.create().parse_overrides(tokens)
+    choices = []
+    for override, token in zip(parsed, tokens, strict=True):
+        if override.is_sweep_override() and not override.key_or_group.startswith("hydra"):
+            key = override.get_key_element()
+            choices.append([f"{key}={v}" for v in override.sweep_string_iterator()])
+        else:
+            choices.append([token])
+    return [list(job) for job in itertools.product(*choices)]
+
+
+def expected_error(overrides: list[str]) -> str | None:
+    text = " ".join(overrides)
+    if "eval=oxa6" in text and "generate@eval.generator=hf" not in text and not HAS_VLLM:
+        return "vLLM"
+    if "experiment=oxa_full" in text and "eval=" not in text and not HAS_VLLM:
+        return "vLLM"
+    if "strategy=deepspeed" in text and not HAS_DEEPSPEED:
+        return "deepspeed"
+    return None
+
+
+@needs_shared(BENCHMARKS)
+@pytest.mark.slow
+@pytest.mark.parametrize("command", run_commands())
+def test_readme_command_composes_and_starts(command, placeholders, tmp_path):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        if command in EXPECTED_TO_FAIL:
+            with pytest.raises(Exception, match=re.escape(EXPECTED_TO_FAIL[command])):
+                compose("config", overrides=shlex.split(command)[2:])
+            return
+        for overrides in expand(command, placeholders):
+            hydra_keys = any(o.startswith("hydra") for o in overrides)
+            cfg = compose(
+                "config",
+                overrides=[*overrides, f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache"],
+                return_hydra_config=hydra_keys,
+            )
+            expected = expected_error(overrides)
+            if expected is None:
+                start(cfg)
+            else:
+                with pytest.raises(Exception, match=f"(?s){expected}"):
+                    start(cfg)
+
+
+def _run(overrides: list[str], tmp_path: Path) -> Pipeline:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[*overrides, f"paths.output_dir={tmp_path}/run", f"paths.cache_dir={tmp_path}/cache"],
+        )
+    pipeline = Pipeline(cfg)
+    pipeline.run()
+    return pipeline
+
+
+@pytest.mark.slow
+def test_teacher_ranking_recipe_runs_and_prints_its_table(tmp_path):
+    [command] = [c for c in run_commands() if "select=teacher_rank" in c]
+    overrides = shlex.split(command)[2:]
+    pipeline = _run([*overrides, *TINY_TOY, "select.n_prompts=10", "select.n_bootstrap=50"], tmp_path)
+    assert [a.stage for a in pipeline.artifacts] == ["base", "verify", "score", "select"]
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "## Teacher ranking" in md and "| numbered |" in md and "mean GALP" in md
+    assert (tmp_path / "run" / "select" / "teacher_ranking.png").exists()
+
+
+@needs_shared(BENCHMARKS)
+@pytest.mark.slow
+def test_evaluation_only_recipe_runs_on_a_local_checkpoint(tmp_path, placeholders):
+    [command] = [c for c in run_commands() if "eval=math500" in c]
+    overrides = [_substitute(t, placeholders) for t in shlex.split(command)[2:]]
+    tiny = ["eval.benchmarks.MATH500.limit=2", "eval.benchmarks.MATH500.n_samples=2", "eval.ks=[1,2]",
+            "eval.generator.max_new_tokens=8", "model.dtype=float32", "logger=none"]
+    pipeline = _run([*overrides, *tiny], tmp_path)
+    assert [a.stage for a in pipeline.artifacts] == ["evaluate"]
+    assert "MATH500" in pipeline.results["base"]["benchmarks"]
+
+
+def test_python_api_snippet_runs(tiny_model, tiny_tokenizer):
+    [snippet] = re.findall(r"```python\n(.*?)```", README, re.S)
+    records = [
+        {"prompt_id": f"p{i}", "prompt": f"Compute {i} + 3.", "answer": str(i + 3),
+         "response": f"<think>\n{i} + 3 = {i + 3}\n\nSo {i + 3}.\n</think>\n\\boxed{{{i + 3}}}",
+         "source": "terse" if i % 2 else "verbose", "correct": True}
+        for i in range(12)
+    ]
+    # The snippet's sizes are the official ones; the 12 records here fill what they can.
+    namespace = {"records": records, "model": tiny_model, "tokenizer": tiny_tokenizer}
+    exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    assert namespace["records"][0]["lalp"] is not None
+    for line in snippet.splitlines():
+        code, _, comment = line.partition("#")
+        if comment.strip() in ("True", "False") and code.strip():
+            assert eval(code, namespace) is (comment.strip() == "True"), line  # noqa: S307
+
+
+@pytest.mark.parametrize("command", bench_commands())
+@pytest.mark.slow
+def test_bench_command_script_answers_help(command):
+    script = shlex.split(command)[1]
+    done = subprocess.run(
+        [sys.executable, script, "--help"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
