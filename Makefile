@@ -6,14 +6,30 @@ PY     := $(VENV)/bin/python
 # machine the CUDA build of the same version.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-fast lint bench clean-cache wheels gpu-check-dry
+.PHONY: demo test test-fast lint bench clean-cache wheels gpu-check-dry lock check-latest
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt holds the versions the suite was run green with: a fresh clone installs those.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $@
+
+# Rewrite constraints.txt from the current environment (after a green `make test`).
+lock: $(VENV)/.installed
+	(echo "# The versions the suite was last run green with (make lock rewrites it; make check-latest tries newer)."; \
+	 echo "# torch is pinned by the Makefile's TORCH (its CPU or CUDA build)."; \
+	 $(PY) -m pip freeze | grep -v "^-e\|^reasonft\|^torch==") > constraints.txt
+
+# A scheduled-style check: the latest releases in a separate environment, what moved against
+# constraints.txt, and the fast tests on them (the exit code says whether they break).
+check-latest:
+	rm -rf .venv-latest && $(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q --upgrade pip "$(TORCH)"
+	.venv-latest/bin/python -m pip install -q --upgrade -e ".[dev]"
+	.venv-latest/bin/python scripts/compare_versions.py constraints.txt
+	.venv-latest/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
 
 demo: $(VENV)/.installed
 	$(PY) run.py $(ARGS)
