@@ -147,8 +147,8 @@ def test_fsdp_trains_on_one_gpu(tmp_path: Path, tiny_tokenizer: Any, tiny_model:
             f"paths.output_dir={tmp_path}",
             "train.global_batch_size=2",
             "train.max_length=64",
-            "train.prompt_suffix=",
-            "train.chat_template=false",
+            "data.prompt_suffix=",
+            "data.chat_template=false",
         ]
     )
     records = [

@@ -17,6 +17,7 @@ import datasets
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from reasonft.data.prompts import PromptFormat
 from reasonft.data.records import ANSWER_ALTERNATIVES
 from reasonft.io import read_records, write_json, write_records
 from reasonft.pipeline.artifacts import Artifact, ArtifactStore, content_key
@@ -58,8 +59,9 @@ class Pipeline:
         log.info("stage %-8s %s  %s", artifact.stage, how, artifact.path)
         return artifact
 
-    def _prompting(self) -> dict[str, Any]:
-        return {"prompt_suffix": self.cfg.data.prompt_suffix, "chat_template": self.cfg.data.chat_template}
+    @cached_property
+    def prompt_format(self) -> PromptFormat:
+        return PromptFormat.from_config(self.cfg.data)
 
     @cached_property
     def source(self) -> Any:
@@ -116,7 +118,9 @@ class Pipeline:
         def produce(tmp: Path) -> dict[str, Any]:
             model, tok = self.base_model
             problems = self.source.problems("train")
-            samples = instantiate(self.cfg.generate).generate(problems, model, tok, **self._prompting())
+            samples = instantiate(self.cfg.generate).generate(
+                problems, model, tok, prompt_format=self.prompt_format
+            )
             write_records(samples, tmp / RECORDS)
             return {"samples": len(samples), "problems": len(problems)}
 
@@ -149,12 +153,16 @@ class Pipeline:
     # -- score: PPL / GALP / LALP under the frozen base student --------------------------------
     @cached_property
     def scored(self) -> Artifact:
-        cfg = {"score": self.cfg.score, "model": self.base[1]}
+        cfg = {
+            "score": self.cfg.score, "model": self.base[1],
+            "prompt_format": self.prompt_format.as_dict(),
+        }
 
         def produce(tmp: Path) -> dict[str, Any]:
             model, tok = self.base_model
             ds = read_records(self.verified.path / RECORDS)
-            scored = instantiate(self.cfg.score).score(ds, model, tok)
+            scorer = instantiate(self.cfg.score, prompt_format=self.prompt_format.as_dict())
+            scored = scorer.score(ds, model, tok)
             write_records(scored, tmp / RECORDS)
             return {"records": len(scored)}
 
@@ -197,7 +205,7 @@ class Pipeline:
             "train": _without(c.train, "ckpt_path"),
             "trainer": trainer_cfg,
             "strategy": c.strategy,
-            **self._prompting(),
+            "prompt_format": self.prompt_format.as_dict(),
         }
         inputs = {"select": self.selected.key, "model": self.base[1]}
         # Checkpoints live beside the artifact, keyed like it: re-running the same command with
@@ -229,7 +237,7 @@ class Pipeline:
             model.eval()
             evaluator = instantiate(self.cfg.eval)
             return evaluator.evaluate(
-                model, tok, tmp, data_source=self.source, tag=tag, **self._prompting()
+                model, tok, tmp, data_source=self.source, tag=tag, prompt_format=self.prompt_format
             )
 
         cfg = {"eval": self.cfg.eval, "data": self._data_identity()}

@@ -4,8 +4,9 @@ Config keys read (all others are ignored; the whole resolved config is logged as
 
 - `loss`: a LossComposition (`conf/loss/*.yaml`), instantiated.
 - `train.{lr, betas, weight_decay, warmup_ratio, chunk_tokens, gradient_checkpointing}`: module.
-- `train.{prompt_suffix, chat_template, max_length, overlength, micro_batch_size,
-  global_batch_size, ul_per_global_batch, seed, num_workers, group_by_length, packing}`: data.
+- `data.{prompt_suffix, chat_template, system_prompt}`: the prompt format (`PromptFormat`).
+- `train.{max_length, overlength, micro_batch_size, global_batch_size, ul_per_global_batch,
+  seed, num_workers, group_by_length, packing}`: data.
 - `train.ckpt_path`: passed to `Trainer.fit` (`last`, a path, or null).
 - `trainer`: a `pytorch_lightning.Trainer` node, instantiated with `strategy`, `logger` and
   `callbacks` built from the groups below; `accumulate_grad_batches` is derived as
@@ -29,6 +30,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.strategies import Strategy
 from transformers import PreTrainedTokenizerFast
 
+from reasonft.data.prompts import PromptFormat
 from reasonft.io import atomic_path, write_json
 from reasonft.models.tokenizer import save_tokenizer
 from reasonft.training.datamodule import RecordsDataModule
@@ -114,8 +116,7 @@ def train_student(
     datamodule = RecordsDataModule(
         records,
         tokenizer,
-        prompt_suffix=train.prompt_suffix,
-        chat_template=train.chat_template,
+        prompt_format=PromptFormat.from_config(cfg.get("data") or {}),
         max_length=train.max_length,
         overlength=train.overlength,
         micro_batch_size=train.micro_batch_size,
