@@ -1,7 +1,7 @@
 """`Scorer`: add n_tokens, ppl, galp, lalp, step_logps and score_conditioning to records.
 
 What is scored: the response text tokens (the ids `encode_example` gives the response, without
-the eos it appends for training), each predicted from the prompt (`condition_on_prompt=True`,
+the terminator training appends), each predicted from the prompt (`condition_on_prompt=True`,
 the prompt being `prompt_format.prompt_text(record["prompt"], tokenizer)`) or
 from the response alone (`False`, the official OXA choice). Without a prompt the first token has
 no context and is not scored, exactly as a causal LM's `labels=` loss on the response alone.
