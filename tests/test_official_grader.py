@@ -147,3 +147,21 @@ def test_bad_answer_rule_and_grader_name_the_key():
         Verifier(answer_rule="first")
     with pytest.raises(ValueError, match="grader"):
         reasonft.is_correct("\\boxed{1}", "1", grader="sympy")
+
+
+def test_is_correct_official_time_limit_cuts_a_slow_comparison(monkeypatch):
+    import time
+
+    import reasonft.verify.official as official
+
+    def slow(pred, gold):
+        try:
+            time.sleep(5)
+        except Exception:  # noqa: BLE001 - the grader's own handlers must not stop the limit
+            time.sleep(5)
+        return True
+
+    monkeypatch.setattr(official, "official_equal", slow)
+    started = time.monotonic()
+    assert reasonft.is_correct("<think>x</think> \\boxed{4}", "4", timeout=0.2, grader="official") is False
+    assert time.monotonic() - started < 2

@@ -139,11 +139,11 @@ def is_correct(response: str, gold: str, timeout: float = 5.0, grader: str = "ma
     if grader == "official":
         from reasonft.verify.official import official_verdict
 
-        with _alarm(timeout if in_main else None):
-            try:
+        try:
+            with _alarm(timeout if in_main else None):
                 return official_verdict(response, gold)
-            except TimeoutError:
-                return False
+        except _Expired:
+            return False
     pred = extract_answer(response)
     if pred is None or not gold.strip():
         return False
@@ -153,15 +153,20 @@ def is_correct(response: str, gold: str, timeout: float = 5.0, grader: str = "ma
         return False
 
 
+class _Expired(BaseException):
+    """The time limit of `is_correct`; a BaseException, so that the grader's own `except
+    Exception` (sympy failures count as unequal) cannot swallow it and run on unlimited."""
+
+
 @contextmanager
 def _alarm(seconds: float | None) -> Iterator[None]:
-    """Raise TimeoutError in the main thread after `seconds` (None: no limit)."""
+    """Raise _Expired in the main thread after `seconds` (None: no limit)."""
     if seconds is None:
         yield
         return
 
     def expire(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"no verdict within {seconds:g}s")
+        raise _Expired(f"no verdict within {seconds:g}s")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
