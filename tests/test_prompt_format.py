@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 from conftest import REFERENCE, needs_shared
@@ -13,6 +14,7 @@ from omegaconf import OmegaConf
 from reasonft.data.prompts import OXA_SUFFIX, PromptFormat
 from reasonft.training.collate import encode_record
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
 QWEN_TOKENIZER_CONFIG = REFERENCE / "qwen2.5-math-1.5b.tokenizer_config.json"
 # The stock Qwen2.5-Math chat template gives a system message of its own when none is given;
 # the official OXA checkpoints ("...-no_sys") and the reference config have that branch removed.
@@ -110,3 +112,16 @@ def test_qwen25_math_official_training_text(tiny_tokenizer):
     )
     ref_tok = _qwen_tokenizer(tiny_tokenizer, reference)
     assert PromptFormat(suffix=OXA_SUFFIX, system_prompt="default").prompt_text(problem, ref_tok) == official_prompt
+
+
+def test_response_end_eos_keeps_the_template_prompt(tiny_tokenizer):
+    fmt = PromptFormat(response_end="eos")
+    assert fmt.prompt_text("Q", tiny_tokenizer) == _chatml("Q")
+    assert fmt.response_terminator(tiny_tokenizer) == "<|endoftext|>"
+    assert fmt.encode("Q", "A", tiny_tokenizer)["input_ids"][-1] == tiny_tokenizer.eos_token_id
+    with pytest.raises(ValueError, match="data.response_end"):
+        PromptFormat(response_end="im_end")
+    data = OmegaConf.load(CONF / "data" / "toy.yaml")
+    assert PromptFormat.from_config(data) == PromptFormat(response_end="eos")
+    official = PromptFormat.from_config(OmegaConf.load(CONF / "data" / "deepscaler.yaml"))
+    assert official == PromptFormat(suffix=OXA_SUFFIX)

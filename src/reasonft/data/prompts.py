@@ -16,9 +16,11 @@ cannot disagree.
   with a placeholder system message and that message's whole block, as the template renders it
   alone, is cut off the front, so the text starts at the user turn — the official training
   text (LLaMA-Factory's `qwen_no_sys`) and the official evaluation prompt alike.
-- The response terminator: with a chat template, the template's own end of an assistant turn
-  (read off the template by rendering an assistant message: `<|im_end|>\\n` for Qwen); without
-  one, the tokenizer's EOS token.
+- `response_end`, the response terminator: "template" (default) = with a chat template, the
+  template's own end of an assistant turn (read off the template by rendering an assistant
+  message: `<|im_end|>\\n` for Qwen, as the official training data ends), without one the
+  tokenizer's EOS token; "eos" = always the EOS token (the toy world keeps it: its student
+  was calibrated on EOS-terminated traces).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ OXA_SUFFIX = (
 )
 IGNORE_INDEX = -100
 TEMPLATE_DEFAULT = "default"
+RESPONSE_ENDS = ("template", "eos")
 _SYSTEM_PLACEHOLDER = "\u2063reasonft-system-placeholder\u2063"
 _RESPONSE_PLACEHOLDER = "\u2063reasonft-response-placeholder\u2063"
 _USER_PLACEHOLDER = "\u2063reasonft-user-placeholder\u2063"
@@ -46,6 +49,7 @@ class PromptFormat:
     suffix: str = ""
     chat_template: bool = True
     system_prompt: str | None = None
+    response_end: str = "template"
 
     def __post_init__(self) -> None:
         if not isinstance(self.suffix, str):
@@ -57,6 +61,10 @@ class PromptFormat:
                 f"data.system_prompt={self.system_prompt!r}: null (no system message), "
                 "'default' (the chat template's own) or the system message text"
             )
+        if self.response_end not in RESPONSE_ENDS:
+            raise ValueError(
+                f"data.response_end={self.response_end!r}: choose one of {list(RESPONSE_ENDS)}"
+            )
         if self.system_prompt is not None and not self.chat_template:
             raise ValueError(
                 f"data.system_prompt={self.system_prompt!r} needs data.chat_template=true "
@@ -66,11 +74,12 @@ class PromptFormat:
     @classmethod
     def from_config(cls, data: Mapping[str, Any]) -> PromptFormat:
         """From the data config: `prompt_suffix` (default ""), `chat_template` (default true),
-        `system_prompt` (default null)."""
+        `system_prompt` (default null), `response_end` (default "template")."""
         return cls(
             suffix=str(data.get("prompt_suffix", "") or ""),
             chat_template=bool(data.get("chat_template", True)),
             system_prompt=data.get("system_prompt", None),
+            response_end=str(data.get("response_end", "template")),
         )
 
     @classmethod
@@ -125,7 +134,7 @@ class PromptFormat:
 
     def response_terminator(self, tokenizer: Any) -> str:
         """What follows a training response: the template's end of turn, else the EOS token."""
-        if self.uses_template(tokenizer):
+        if self.response_end == "template" and self.uses_template(tokenizer):
             end = _template_turn_end(tokenizer)
             if end:
                 return end

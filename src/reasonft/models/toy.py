@@ -34,7 +34,7 @@ from reasonft.models.tokenizer import save_tokenizer, train_tokenizer
 from reasonft.scoring.logprobs import token_logprobs
 
 # Bump when the build procedure changes, so that old cached students are not reused.
-BUILD_VERSION = 3  # 3: responses end with the prompt format's terminator (the template's end of turn)
+BUILD_VERSION = 3  # 3: responses end with the prompt format's terminator
 BUILD_REPORT = "toy_build.json"
 DEFAULT_STYLE_MIX = {"terse": 0.6, "numbered": 0.3, "verbose": 0.1}
 
