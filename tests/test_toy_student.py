@@ -181,7 +181,7 @@ def test_model_config_takes_the_world_from_the_data_config():
     source = instantiate(cfg.data.source)
     assert builder.world.settings() == source.settings()
     assert builder.world.settings()["n_train"] == 40
-    assert builder.prompt_format == PromptFormat(suffix=" Be brief.")
+    assert builder.prompt_format == PromptFormat(suffix=" Be brief.", response_end="eos")
     assert builder.max_length == cfg.data.max_length
     # without recursive instantiation the world arrives as its config; that works too
     lazy = instantiate(cfg.model.build, _recursive_=False)
