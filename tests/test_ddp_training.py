@@ -258,4 +258,6 @@ def _initial_weights(workdir: Path) -> dict[str, torch.Tensor]:
 if __name__ == "__main__":
     import hydra
 
+    import reasonft  # noqa: F401  (the structured-config schema conf/config.yaml names)
+
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(hydra_app)()

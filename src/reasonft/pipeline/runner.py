@@ -58,7 +58,7 @@ class Pipeline:
     def __init__(self, cfg: DictConfig, wandb_run: Any = None) -> None:
         self.cfg = cfg
         # Plain, resolved values: what keys hash and what stages read.
-        self.config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+        self.config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[assignment]
         self.parts: Components = start(cfg)
         self.plan = self.parts.plan
         self.wandb_run = wandb_run

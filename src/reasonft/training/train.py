@@ -196,7 +196,7 @@ def train_student(
         chunk_tokens=train.chunk_tokens,
         gradient_checkpointing=train.gradient_checkpointing,
     )
-    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
     trainer.fit(module, datamodule=datamodule, ckpt_path=train.ckpt_path)
