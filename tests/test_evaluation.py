@@ -19,7 +19,8 @@ from pytorch_lightning.loggers import CSVLogger
 
 from reasonft.config import CONF_DIR
 from reasonft.evaluation.callback import EvaluationCallback
-from reasonft.evaluation.evaluate import Evaluator, benchmark_metrics
+from reasonft.evaluation.evaluate import Evaluator
+from reasonft.evaluation.metrics import benchmark_metrics
 from reasonft.evaluation.passk import pass_at_k
 from reasonft.generation.hf import HFGenerator
 from reasonft.io import read_records
@@ -334,7 +335,7 @@ def test_toy_eval_config_instantiates(tmp_path):
     assert isinstance(evaluator, Evaluator) and isinstance(evaluator.generator, HFGenerator)
     assert (evaluator.generator.temperature, evaluator.generator.top_p) == (0.6, 0.95)
     assert [(b.name, b.n_samples, b.temperature, b.limit) for b in evaluator.benchmarks] == [
-        ("toy_test_greedy", 1, 0, None), ("toy_test", 8, None, 100)
+        ("toy_test_greedy", 1, 0, None), ("toy_test", 8, None, 50)
     ]
     assert evaluator.benchmarks[0].split == "test" and evaluator.ks == [1, 2, 4, 8]
     dropped = instantiate(_compose(tmp_path, "toy", ["eval.benchmarks.toy_test_greedy=null"]).eval)
