@@ -377,6 +377,11 @@ class Pipeline:
         # it is complete (ranks launched by an earlier stage's predict) nobody trains.
         return self._build_on_every_rank("train", produce)
 
+    def trained_model_path(self) -> str:
+        """The fine-tuned student's checkpoint folder (inside the train artifact)."""
+        trained = self.trained
+        return str(trained.path / trained.meta()["summary"]["model"])
+
     # -- evaluate ------------------------------------------------------------------------------
     def evaluate(self, tag: str, model_path: str) -> dict[str, Any]:
         def produce(tmp: Path) -> dict[str, Any]:
@@ -410,9 +415,7 @@ class Pipeline:
         if "evaluate" in stages:
             self.results["base"] = self.evaluate("base", self.base_path)
             if self.plan.evaluate_trained:
-                trained = self.trained
-                path = str(trained.path / trained.meta()["summary"]["model"])
-                self.results["trained"] = self.evaluate("trained", path)
+                self.results["trained"] = self.evaluate("trained", self.trained_model_path())
         if self.results:
             log_eval_table(self.wandb_run, self.results)
         self.shown = self._show_files()
