@@ -128,6 +128,8 @@ def test_two_processes_generate_and_score_the_records_of_one(tmp_path):
     assert _summary(two, "score")["records"] == _summary(one, "score")["records"]
     # Each rank sampled its half of the problems (3 of 6, 3 samples each).
     assert _rank_logs(tmp_path, "two").count("generated 9 samples") == 2
+    # Rank 1 was launched once (by generate's predict): score's Trainer reused the process group.
+    assert _rank_logs(tmp_path, "two").count("plan: ") == 2
     for stage in ("generate", "score"):  # one artifact, no shards or temporary folder left
         assert sorted(p.name for p in (two / stage).iterdir() if not p.name.endswith(".lock")) == [
             _only(two, stage).name
