@@ -59,10 +59,10 @@ def worker(seed: int, threads: int, changes: dict[str, Any], cache: Path) -> dic
     import transformers
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
+    from toy_check import greedy_accuracy  # the sibling script: the same accuracy check
 
     from reasonft.config import CONF_DIR
     from reasonft.models.loading import load_student, load_tokenizer
-    from toy_check import greedy_accuracy
 
     torch.set_num_threads(threads)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -107,7 +107,7 @@ def run_one(seed: int, capability: str, threads: int, args: argparse.Namespace) 
     command = [sys.executable, __file__, "--worker", str(seed), str(threads), "--cache", str(cache)]
     for change in args.set:
         command += ["--set", change]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         sys.stderr.write(done.stderr[-4000:])
         raise SystemExit(f"the build for seed {seed}, capability {capability} failed")
@@ -147,7 +147,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def print_table(rows: list[dict[str, Any]], summary: dict[str, Any], changes: dict[str, Any]) -> None:
+def print_table(
+    rows: list[dict[str, Any]], summary: dict[str, Any], changes: dict[str, Any]
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -158,37 +160,81 @@ def print_table(rows: list[dict[str, Any]], summary: dict[str, Any], changes: di
     )
     table = Table(title=title)
     ops = list(summary["by_ops"])
-    for column in ("seed", "capability", "threads", "build s", "final loss", "weights", "greedy acc",
-                   *[f"{k} ops" for k in ops]):
+    for column in (
+        "seed",
+        "capability",
+        "threads",
+        "build s",
+        "final loss",
+        "weights",
+        "greedy acc",
+        *[f"{k} ops" for k in ops],
+    ):
         table.add_column(column, justify="right")
     for r in rows:
         table.add_row(
-            str(r["seed"]), r["capability"], str(r["threads"]), f"{r['build_s']:.0f}",
-            f"{r['final_loss']:.4f}", r["weights"], f"{r['accuracy']:.3f}",
+            str(r["seed"]),
+            r["capability"],
+            str(r["threads"]),
+            f"{r['build_s']:.0f}",
+            f"{r['final_loss']:.4f}",
+            r["weights"],
+            f"{r['accuracy']:.3f}",
             *[f"{r['by_ops'].get(k, float('nan')):.3f}" for k in ops],
         )
     s = summary
-    table.add_row("mean", "", "", "", "", "", f"{s['mean']:.3f}", *[f"{s['by_ops'][k]['mean']:.3f}" for k in ops])
-    table.add_row("min..max", "", "", "", "", "", f"{s['min']:.3f}..{s['max']:.3f}",
-                  *[f"{s['by_ops'][k]['min']:.2f}..{s['by_ops'][k]['max']:.2f}" for k in ops])
+    table.add_row(
+        "mean",
+        "",
+        "",
+        "",
+        "",
+        "",
+        f"{s['mean']:.3f}",
+        *[f"{s['by_ops'][k]['mean']:.3f}" for k in ops],
+    )
+    table.add_row(
+        "min..max",
+        "",
+        "",
+        "",
+        "",
+        "",
+        f"{s['min']:.3f}..{s['max']:.3f}",
+        *[f"{s['by_ops'][k]['min']:.2f}..{s['by_ops'][k]['max']:.2f}" for k in ops],
+    )
     Console(width=max(Console().width, 150)).print(table)
-    print(f"greedy accuracy {s['mean']:.3f} +/- {s['max_deviation_from_mean']:.3f} (largest deviation "
-          f"from the mean; stdev {s['stdev']:.3f}) over {s['n']} builds with {s['distinct_weights']} "
-          f"distinct weight sets; slowest build {s['build_s_max']:.0f} s")
+    print(
+        f"greedy accuracy {s['mean']:.3f} +/- {s['max_deviation_from_mean']:.3f} (largest deviation "
+        f"from the mean; stdev {s['stdev']:.3f}) over {s['n']} builds with {s['distinct_weights']} "
+        f"distinct weight sets; slowest build {s['build_s_max']:.0f} s"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--capabilities", nargs="+", default=[NATIVE, "avx2"],
-                        help="ATEN_CPU_CAPABILITY values (native: leave it to torch)")
+    parser.add_argument(
+        "--capabilities",
+        nargs="+",
+        default=[NATIVE, "avx2"],
+        help="ATEN_CPU_CAPABILITY values (native: leave it to torch)",
+    )
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a model.build setting to change (JSON value), e.g. steps=1500")
-    parser.add_argument("--cache", type=Path,
-                        default=Path(os.environ.get("REASONFT_CACHE", ".cache/reasonft")))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model.build setting to change (JSON value), e.g. steps=1500",
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=Path(os.environ.get("REASONFT_CACHE", ".cache/reasonft"))
+    )
     parser.add_argument("--out", type=Path, help="also write rows and summary as JSON here")
-    parser.add_argument("--worker", nargs=2, type=int, metavar=("SEED", "THREADS"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", nargs=2, type=int, metavar=("SEED", "THREADS"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     changes = parse_changes(args.set)
 
@@ -204,12 +250,17 @@ def main() -> None:
             for threads in args.threads:
                 rows.append(run_one(seed, capability, threads, args))
                 r = rows[-1]
-                print(f"seed {seed} {r['capability']} x{threads}: greedy {r['accuracy']:.3f} "
-                      f"({r['build_s']:.0f} s build, weights {r['weights']})", flush=True)
+                print(
+                    f"seed {seed} {r['capability']} x{threads}: greedy {r['accuracy']:.3f} "
+                    f"({r['build_s']:.0f} s build, weights {r['weights']})",
+                    flush=True,
+                )
     summary = summarise(rows)
     print_table(rows, summary, changes)
     if args.out:
-        args.out.write_text(json.dumps({"changes": changes, "rows": rows, "summary": summary}, indent=2))
+        args.out.write_text(
+            json.dumps({"changes": changes, "rows": rows, "summary": summary}, indent=2)
+        )
 
 
 if __name__ == "__main__":

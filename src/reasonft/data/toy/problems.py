@@ -128,8 +128,10 @@ class ProblemShape:
         if not 0.0 <= self.word_fraction <= 1.0:
             raise ValueError(f"toy world: word_fraction={self.word_fraction} must lie in [0, 1]")
         unknown = [op for op in self.operators if op not in OPERATORS]
-        if unknown or not {"+", "-"} <= set(self.operators) or len(set(self.operators)) < len(
-            self.operators
+        if (
+            unknown
+            or not {"+", "-"} <= set(self.operators)
+            or len(set(self.operators)) < len(self.operators)
         ):
             raise ValueError(
                 f"toy world: operators={list(self.operators)} must be distinct operators from "
