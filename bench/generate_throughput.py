@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig
 
+from reasonft.data.prompts import PromptFormat
 from reasonft.data.toy import ToyWorld
 from reasonft.generation.hf import HFGenerator, prompt_token_ids, stop_token_ids
 from reasonft.models.loading import random_student
@@ -31,7 +32,7 @@ REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
 def native_sampling(model, tokenizer, problems, n, batch_size, max_new_tokens, temperature, top_p) -> tuple[int, int, float]:
     """(samples, generated tokens, seconds) with generate(do_sample=True) on the same batches."""
-    ids = prompt_token_ids(list(problems["prompt"]), tokenizer, "", True)
+    ids = prompt_token_ids(list(problems["prompt"]), tokenizer, PromptFormat())
     rows = sorted((i for i in range(len(ids)) for _ in range(n)), key=lambda i: -len(ids[i]))
     stops = stop_token_ids(tokenizer, None, ["<|im_end|>"])
     pad = tokenizer.pad_token_id

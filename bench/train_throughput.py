@@ -17,6 +17,9 @@ Each run is its own subprocess (so peak RSS is per run), alternating reasonft, T
 TRL, ...; the first `--warmup` steps of a run are not timed. Tokens/s counts every input token of
 the timed steps. Prints per-run figures, the mean per trainer, the ratio reasonft / TRL (with the
 ratio of each adjacent pair, which shows how much the shared CPU moved) and the load average.
+
+`TrainRun` also takes the device, the precision, activation checkpointing and the model shape:
+bench/gpu_check.py calls `make_inputs` and `measure` with the 1.5B shape, bf16-mixed, on CUDA.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,18 +54,37 @@ MODEL = {
 LR, BETAS, WEIGHT_DECAY, CLIP = 1e-5, (0.9, 0.95), 0.1, 1.0
 
 
+@dataclass(frozen=True)
+class TrainRun:
+    """What one timed run trains on and how; the same for reasonft and TRL."""
+
+    steps: int
+    warmup: int
+    batch: int
+    length: int
+    chunk_tokens: int = 4096
+    model: dict[str, Any] = field(default_factory=lambda: dict(MODEL))
+    accelerator: str = "cpu"  # "cpu" or "gpu"
+    precision: str = "32-true"  # Lightning's name; "bf16-mixed" is TRL's bf16=True
+    gradient_checkpointing: bool = False
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.accelerator == "gpu" else "cpu"
+
+
 # ---- inputs (parent) ------------------------------------------------------------------------
 
 
-def synthetic_records(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Arithmetic problems with long step-by-step responses (well over 512 tokens each)."""
+def synthetic_records(n: int, seed: int = 0, n_steps: int = 60) -> list[dict[str, Any]]:
+    """Arithmetic problems with long step-by-step responses (60 steps: well over 512 tokens)."""
     rng = random.Random(seed)
     records = []
     for i in range(n):
         a, b = rng.randint(10, 99), rng.randint(10, 99)
         steps = []
         value = a
-        for k in range(60):
+        for k in range(n_steps):
             c = rng.randint(2, 9)
             op = rng.choice(["+", "-", "*"])
             new = value + c if op == "+" else value - c if op == "-" else value * c % 1000
@@ -85,7 +108,8 @@ def make_inputs(workdir: Path, n_records: int, length: int) -> None:
     from reasonft.models.tokenizer import save_tokenizer, train_tokenizer
     from reasonft.training.collate import encode_record
 
-    records = synthetic_records(n_records)
+    # A step is about ten tokens of the 1000-token vocabulary below: length / 4 steps is ample.
+    records = synthetic_records(n_records, n_steps=max(60, length // 4))
     tokenizer = train_tokenizer(
         [r["prompt"] + " " + r["response"] for r in records], vocab_size=1000
     )
@@ -93,7 +117,7 @@ def make_inputs(workdir: Path, n_records: int, length: int) -> None:
     write_records(as_dataset(records), workdir / "records.parquet")
     rows = []
     for record in records:
-        ex = encode_record(record["prompt"], record["response"], tokenizer, "", True)
+        ex = encode_record(record["prompt"], record["response"], tokenizer)
         if len(ex["input_ids"]) < length:
             raise ValueError(
                 f"record {record['prompt_id']}: {len(ex['input_ids'])} tokens, fewer than {length}"
@@ -106,14 +130,22 @@ def make_inputs(workdir: Path, n_records: int, length: int) -> None:
 # ---- workers (subprocesses) -------------------------------------------------------------------
 
 
-def _model(tokenizer: Any) -> Any:
+def _model(tokenizer: Any, run: TrainRun) -> Any:
+    """Random float32 weights made on the run's device (a 1.5B model builds in seconds there)."""
+    import torch
+
     from reasonft.models.loading import random_student
 
-    model = random_student(
-        {**MODEL, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id},
-        seed=0,
-        attn_implementation="sdpa",
-    )
+    with torch.device(run.device):
+        model = random_student(
+            {
+                **run.model,
+                "pad_token_id": tokenizer.pad_token_id,
+                "eos_token_id": tokenizer.eos_token_id,
+            },
+            seed=0,
+            attn_implementation="sdpa",
+        )
     model.config.use_cache = False
     return model
 
@@ -122,9 +154,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run_reasonft(
-    workdir: Path, steps: int, batch: int, length: int, chunk_tokens: int
-) -> dict[str, Any]:
+def run_reasonft(workdir: Path, run: TrainRun) -> dict[str, Any]:
     import functools
 
     import pytorch_lightning as pl
@@ -138,26 +168,25 @@ def run_reasonft(
     from reasonft.training.schedules import warmup_cosine
 
     tokenizer = load_tokenizer(str(workdir / "tokenizer"))
-    model = _model(tokenizer)
+    model = _model(tokenizer, run)
     loss = LossComposition({"ce": CrossEntropyTerm(weight=1.0, reduction="token", loss_type="ce")})
     data = RecordsDataModule(
         read_records(workdir / "records.parquet"),
         tokenizer,
-        max_length=length,
+        max_length=run.length,
         overlength="truncate",
-        micro_batch_size=batch,
-        ce_per_step=batch,
+        micro_batch_size=run.batch,
+        ce_per_step=run.batch,
         seed=0,
         loss_types=loss.loss_types,
     )
     module = StudentModule(
         model,
         loss,
-        optimizer=functools.partial(
-            torch.optim.AdamW, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY
-        ),
+        optimizer=functools.partial(torch.optim.AdamW, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY),
         scheduler=functools.partial(warmup_cosine, warmup_ratio=0.0),
-        chunk_tokens=chunk_tokens,
+        chunk_tokens=run.chunk_tokens,
+        gradient_checkpointing=run.gradient_checkpointing,
     )
     times: list[float] = []
     tokens: list[int] = []
@@ -170,10 +199,10 @@ def run_reasonft(
             tokens.append(int(batch["attention_mask"].sum()))
 
     trainer = pl.Trainer(
-        accelerator="cpu",
+        accelerator=run.accelerator,
         devices=1,
-        max_steps=steps,
-        precision="32-true",
+        max_steps=run.steps,
+        precision=run.precision,
         gradient_clip_val=CLIP,
         logger=False,
         enable_checkpointing=False,
@@ -188,7 +217,7 @@ def run_reasonft(
     return {"start": start, "times": times, "tokens": tokens}
 
 
-def run_trl(workdir: Path, steps: int, batch: int, length: int) -> dict[str, Any]:
+def run_trl(workdir: Path, run: TrainRun) -> dict[str, Any]:
     import datasets
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -196,7 +225,7 @@ def run_trl(workdir: Path, steps: int, batch: int, length: int) -> dict[str, Any
     from reasonft.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(workdir / "tokenizer"))
-    model = _model(tokenizer)
+    model = _model(tokenizer, run)
     rows = json.loads((workdir / "tokenised.json").read_text())
     train = datasets.Dataset.from_list(rows)
     times: list[float] = []
@@ -205,14 +234,14 @@ def run_trl(workdir: Path, steps: int, batch: int, length: int) -> dict[str, Any
     class StepClock(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             times.append(time.perf_counter())
-            tokens.append(batch * length)
+            tokens.append(run.batch * run.length)
 
     with tempfile.TemporaryDirectory() as out:
         config = SFTConfig(
             output_dir=out,
-            per_device_train_batch_size=batch,
+            per_device_train_batch_size=run.batch,
             gradient_accumulation_steps=1,
-            max_steps=steps,
+            max_steps=run.steps,
             learning_rate=LR,
             adam_beta1=BETAS[0],
             adam_beta2=BETAS[1],
@@ -220,12 +249,13 @@ def run_trl(workdir: Path, steps: int, batch: int, length: int) -> dict[str, Any
             max_grad_norm=CLIP,
             lr_scheduler_type="cosine",
             warmup_steps=0,
-            gradient_checkpointing=False,
-            bf16=False,
+            gradient_checkpointing=run.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},  # as reasonft's
+            bf16=run.precision == "bf16-mixed",
             fp16=False,
-            use_cpu=True,
+            use_cpu=run.accelerator == "cpu",
             completion_only_loss=True,
-            max_length=length,
+            max_length=run.length,
             packing=False,
             padding_free=False,
             dataloader_num_workers=0,
@@ -247,42 +277,52 @@ def run_trl(workdir: Path, steps: int, batch: int, length: int) -> dict[str, Any
     return {"start": start, "times": times, "tokens": tokens}
 
 
-def worker(
-    engine: str,
-    workdir: Path,
-    steps: int,
-    warmup: int,
-    batch: int,
-    length: int,
-    threads: int,
-    chunk_tokens: int,
-) -> None:
+def measure(engine: str, workdir: Path, run: TrainRun) -> dict[str, Any]:
+    """Train `run.steps` steps with one engine; tokens/s over the steps after `run.warmup`.
+
+    On CUDA the peak is the most memory the caching allocator handed out during this run
+    (`max_memory_allocated`, reset first); on CPU it is the process's peak RSS so far.
+    """
+    import gc
+
+    import torch
+
+    torch.manual_seed(0)
+    on_cuda = run.device == "cuda"
+    if on_cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    trace = run_reasonft(workdir, run) if engine == "reasonft" else run_trl(workdir, run)
+    if on_cuda:
+        torch.cuda.synchronize()
+        peak_mb, peak_kind = torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
+    else:
+        peak_mb, peak_kind = _peak_rss_mb(), "process_peak_rss"
+    gc.collect()
+    times, tokens = trace["times"], trace["tokens"]
+    if len(times) != run.steps:
+        raise RuntimeError(f"{engine}: {len(times)} optimiser steps timed, expected {run.steps}")
+    timed = times[run.warmup - 1 :] if run.warmup > 0 else [trace["start"], *times]
+    seconds = timed[-1] - timed[0]
+    n_tokens = sum(tokens[run.warmup :])
+    return {
+        "engine": engine,
+        "tokens_per_s": n_tokens / seconds,
+        "timed_steps": run.steps - run.warmup,
+        "seconds": seconds,
+        "step_seconds": [b - a for a, b in itertools.pairwise(timed)],
+        "peak_memory_mb": peak_mb,
+        "peak_memory_kind": peak_kind,
+    }
+
+
+def worker(engine: str, workdir: Path, run: TrainRun, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    if engine == "reasonft":
-        run = run_reasonft(workdir, steps, batch, length, chunk_tokens)
-    else:
-        run = run_trl(workdir, steps, batch, length)
-    times, tokens = run["times"], run["tokens"]
-    if len(times) != steps:
-        raise RuntimeError(f"{engine}: {len(times)} optimiser steps timed, expected {steps}")
-    timed = times[warmup - 1 :] if warmup > 0 else [run["start"], *times]
-    seconds = timed[-1] - timed[0]
-    n_tokens = sum(tokens[warmup:])
-    print(
-        json.dumps(
-            {
-                "engine": engine,
-                "tokens_per_s": n_tokens / seconds,
-                "timed_steps": steps - warmup,
-                "seconds": seconds,
-                "step_seconds": [b - a for a, b in itertools.pairwise(timed)],
-                "peak_rss_mb": _peak_rss_mb(),
-            }
-        )
-    )
+    result = measure(engine, workdir, run)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    print(json.dumps(result))
 
 
 # ---- driver ---------------------------------------------------------------------------------
@@ -349,16 +389,14 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 <= args.warmup < args.steps:
         parser.error("--warmup must be in [0, --steps)")
     if args.worker:
-        worker(
-            args.worker,
-            args.workdir,
-            args.steps,
-            args.warmup,
-            args.batch,
-            args.length,
-            args.threads,
-            args.chunk_tokens,
+        run = TrainRun(
+            steps=args.steps,
+            warmup=args.warmup,
+            batch=args.batch,
+            length=args.length,
+            chunk_tokens=args.chunk_tokens,
         )
+        worker(args.worker, args.workdir, run, args.threads)
         return
 
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:

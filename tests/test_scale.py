@@ -508,10 +508,10 @@ def test_oxa_vs_sft_recipe_composes_for_every_method() -> None:
     assert 'run.py -m experiment="$METHODS" seed="$SEEDS"' in script
     assert len(seeds) == 3
     expected = {
-        "toy_sft": ("random", "sft"),
-        "toy_sft_lp": ("ppl_lowest", "sft"),
-        "toy_oxa_mle": ("ppl_gaussian", "oxa_mle"),
-        "toy_oxa_full": ("oxa", "oxa_full"),
+        "toy_sft": ("toy_random", "sft"),
+        "toy_sft_lp": ("toy_ppl_lowest", "sft"),
+        "toy_oxa_mle": ("toy_ppl_gaussian", "oxa_mle"),
+        "toy_oxa_full": ("toy_oxa", "oxa_full"),
     }
     assert methods == list(expected)
     for method in methods:
