@@ -240,7 +240,7 @@ class _Outcomes:
 
 
 def gpu_test_files() -> list[Path]:
-    return sorted(p for p in (ROOT / "tests").glob("test_*.py") if "mark.gpu" in p.read_text())
+    return sorted(p for p in (ROOT / "tests").rglob("test_*.py") if "mark.gpu" in p.read_text())
 
 
 def step_gpu_tests(ctx: Context, record: StepRecord) -> None:

@@ -12,6 +12,18 @@ import torch
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 BENCHMARKS = SHARED / "benchmarks"
 REFERENCE = SHARED / "reference"
+# The field mapping of every file in ../shared/benchmarks (their real shapes differ).
+BENCHMARK_FIELDS = {
+    "aime.json": {"prompt": "problem", "answer": "answer"},
+    "aime25.json": {"prompt": "problem", "answer": "answer"},
+    "HMMT25.json": {"prompt": "problem", "answer": "answer"},
+    "CMIMC25.json": {"prompt": "problem", "answer": "answer"},
+    "BRUMO25.json": {"prompt": "problem", "answer": "answer"},
+    "minerva.json": {"prompt": "problem", "answer": "answer"},
+    "math500.json": {"prompt": "problem", "answer": "answer"},
+    "amc.json": {"prompt": "problem", "answer": "answer"},
+    "deepscaler10k.parquet": {"prompt": "prompt[0].content", "answer": "reward_model.ground_truth"},
+}
 
 # One thread: tiny test tensors gain nothing from two, and the cores are shared.
 torch.set_num_threads(1)

@@ -198,7 +198,7 @@ def test_python_api_snippet_runs(tiny_model, tiny_tokenizer):
     import ast
     import statistics
 
-    [snippet] = re.findall(r"```python\n(.*?)```", README, re.S)
+    [snippet] = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
     records = [
         {"prompt_id": f"p{i}", "prompt": f"Compute {i} + 3.", "answer": str(i + 3),
          "response": f"<think>\n{i} + 3 = {i + 3}\n\nSo {i + 3}.\n</think>\n\\boxed{{{i + 3}}}",
@@ -222,7 +222,7 @@ def test_python_api_snippet_runs(tiny_model, tiny_tokenizer):
     for line in snippet.splitlines():
         code, _, comment = line.partition("#")
         if comment.strip() in ("True", "False") and code.strip():
-            assert eval(code, namespace) is (comment.strip() == "True"), line  # noqa: S307
+            assert eval(code, namespace) is (comment.strip() == "True"), line
 
 
 @pytest.mark.parametrize("script", bench_scripts())

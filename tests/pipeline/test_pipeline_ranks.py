@@ -25,7 +25,7 @@ import pytest
 
 from reasonft.io import read_records
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = [
     "data.source.n_train=6",
     "data.source.n_test=4",

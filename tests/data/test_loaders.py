@@ -5,7 +5,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import BENCHMARKS, needs_shared
+from conftest import BENCHMARK_FIELDS, BENCHMARKS, needs_shared
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -16,17 +16,6 @@ from reasonft.data.prompts import OXA_SUFFIX
 from reasonft.data.source import FileSource
 
 # The mapping of each real benchmark file onto the record schema (usable as-is in eval configs).
-BENCHMARK_FIELDS = {
-    "aime.json": {"prompt": "problem", "answer": "answer"},
-    "aime25.json": {"prompt": "problem", "answer": "answer"},
-    "HMMT25.json": {"prompt": "problem", "answer": "answer"},
-    "CMIMC25.json": {"prompt": "problem", "answer": "answer"},
-    "BRUMO25.json": {"prompt": "problem", "answer": "answer"},
-    "minerva.json": {"prompt": "problem", "answer": "answer"},
-    "math500.json": {"prompt": "problem", "answer": "answer"},
-    "amc.json": {"prompt": "problem", "answer": "answer"},
-    "deepscaler10k.parquet": {"prompt": "prompt[0].content", "answer": "reward_model.ground_truth"},
-}
 BENCHMARK_SIZES = {
     "aime.json": 30,
     "aime25.json": 30,

@@ -3,7 +3,7 @@
     sum_term weight * (sum over the step's units of the term / the step's count of them),
 
 for micro-batch 1, 2 and 4, against a single big-batch reference computed here sequence by
-sequence from full logits. (1 vs 2 processes: tests/test_ddp_training.py.)
+sequence from full logits. (1 vs 2 processes: tests/training/test_ddp_training.py.)
 """
 
 from __future__ import annotations

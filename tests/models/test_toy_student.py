@@ -21,7 +21,7 @@ from reasonft.models import toy
 from reasonft.models.loading import load_student, load_tokenizer
 from reasonft.models.toy import ToyStudentBuilder
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 BOXED = re.compile(r"\\boxed\{(-?\d+)\}")
 PROBE = "Step 1:  12 - 5 = 7\n\n\nThen   add 3.\n  \n\\boxed{10}\n</think>\n \t end"
 

@@ -8,7 +8,7 @@ the weights move by exactly -lr * gradient and any error of scale (accumulation,
 per-micro-batch normalisation) shows, where AdamW would normalise it away.
 
 The DDP run is this file run as a Hydra app over conf/config.yaml (`python
-tests/test_ddp_training.py strategy=ddp trainer.devices=2 ...`), so Lightning's DDP launcher
+tests/training/test_ddp_training.py strategy=ddp trainer.devices=2 ...`), so Lightning's DDP launcher
 re-launches it for rank 1 exactly as it re-launches `run.py`: the test also checks that the
 re-launched rank runs in the same Hydra output folder (Lightning passes `hydra.run.dir` and
 `hydra.output_subdir=null` to it) and creates no folder of its own.
@@ -28,7 +28,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, open_dict
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 CORPUS = [
     f"What is {a} * {b}? It is {a * b}. \\boxed{{{a * b}}}" for a in range(9) for b in range(9)
 ]
@@ -136,7 +136,7 @@ def train_once(cfg: DictConfig, workdir: Path) -> None:
 
 
 def hydra_app(cfg: DictConfig) -> None:
-    """The task of `python tests/test_ddp_training.py +workdir=... [overrides]` (every rank)."""
+    """The task of `python tests/training/test_ddp_training.py +workdir=... [overrides]` (every rank)."""
     train_once(cfg, Path(cfg.workdir))
 
 

@@ -1,7 +1,7 @@
 """Faults: `train.ckpt_path` resumes exactly after SIGKILL; a NaN/inf loss stops after a checkpoint.
 
 The run that is killed runs in a subprocess (this file is also its script: `python
-tests/test_resume.py run ...`) and SIGKILLs itself in the middle of an accumulation step. The
+tests/training/test_resume.py run ...`) and SIGKILLs itself in the middle of an accumulation step. The
 uninterrupted run and the runs resumed from the killed run's checkpoints run in this process, on
 one thread like the subprocess. A resumed run must train on the same micro-batches in the same
 order and end with the same weights as the uninterrupted one.
@@ -23,7 +23,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # 24 CE + 8 UL records, 3 CE + 1 UL per step: 8 optimiser steps per epoch, 2 micro-batches
 # each (accumulation 2), 3 epochs = 24 steps; a checkpoint every 4 steps (4, 8 = end of epoch 0,

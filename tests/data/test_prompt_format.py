@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from reasonft.data.prompts import OXA_SUFFIX, PromptFormat
 from reasonft.training.collate import encode_record
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 QWEN_TOKENIZER_CONFIG = REFERENCE / "qwen2.5-math-1.5b.tokenizer_config.json"
 # The stock Qwen2.5-Math chat template gives a system message of its own when none is given;
 # the official OXA checkpoints ("...-no_sys") and the reference config have that branch removed.

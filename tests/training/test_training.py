@@ -31,7 +31,7 @@ from reasonft.training.losses import CrossEntropyTerm, LossComposition, Unlikeli
 from reasonft.training.module import NonFiniteLossError, StudentModule
 from reasonft.training.train import build_strategy, build_trainer, train_student
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def make_records(values: list[int], ul_every: int = 0) -> list[dict]:
@@ -646,7 +646,7 @@ def test_train_student_ddp_two_cpu_processes(tmp_path):
     """Real DDP (gloo, 2 processes): each step pools exactly U UL sequences over both ranks."""
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
-    tests_dir = Path(__file__).resolve().parent
+    tests_dir = Path(__file__).resolve().parents[1]
     result = subprocess.run(
         [sys.executable, str(script), str(tests_dir), str(tmp_path)],
         cwd=tmp_path,

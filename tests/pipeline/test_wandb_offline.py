@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 BLOCK = 32 * 1024
 HEADER = struct.Struct("<IHB")  # crc32, length, record type
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4

@@ -18,7 +18,7 @@ from reasonft.training.losses import (
 )
 from reasonft.training.step_totals import StepTotals
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def reference_ul(logp: float) -> float:

@@ -153,7 +153,7 @@ def test_verifier_refuses_bad_input():
 
 @needs_shared(BENCHMARKS)
 def test_every_gold_answer_verifies_against_itself():
-    from test_loaders import BENCHMARK_FIELDS
+    from conftest import BENCHMARK_FIELDS
 
     records = []
     for name, fields in BENCHMARK_FIELDS.items():

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from reasonft.data.toy import ToyWorld
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 RELIABLE = ("terse", "numbered", "verbose")
 BOXED = re.compile(r"\\boxed\{(-?\d+)\}")
 

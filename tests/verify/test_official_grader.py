@@ -14,7 +14,7 @@ from reasonft.verify.official import official_equal, official_extract, official_
 from reasonft.verify.sympy_equal import sympy_normalize
 from reasonft.verify.verifier import Verifier
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # (response, gold, official verdict, math-verify verdict): the first three rows are the kinds
 # of response on which the two rules differ.
