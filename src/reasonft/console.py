@@ -14,6 +14,7 @@ import warnings
 
 def quiet_libraries() -> None:
     import datasets
+    import pytorch_lightning  # noqa: F401  (it sets its loggers' levels when imported: first)
     import transformers
 
     datasets.disable_progress_bars()
