@@ -48,16 +48,6 @@ def build(key: str, node: Any, **kwargs: Any) -> Any:
         raise type(err)(f"{key}: {err}") from err
 
 
-def reads_self_samples(selector: Any) -> bool:
-    """Whether the selector reads the student's own samples (records of source `self`)."""
-    parts = [getattr(selector, a) for a in ("promote", "suppress") if hasattr(selector, a)]
-    for part in parts or [selector]:
-        sources = getattr(part, "sources", None) or []
-        if "self" in sources:
-            return True
-    return False
-
-
 def required_scores(selector: Any) -> tuple[str, ...]:
     """The score columns a selector reads (empty: it reads the verified pool as it is)."""
     return tuple(c for c in SCORE_COLUMNS if c in selector.requires)
@@ -93,7 +83,7 @@ def start(cfg: DictConfig) -> Components:
     plan = make_plan(
         requested,
         has_build=cfg.model.get("build") is not None,
-        self_samples=selector is not None and reads_self_samples(selector),
+        self_samples=selector is not None and selector.reads_self_samples,
         score_columns=required_scores(selector) if selector is not None else (),
         is_ranking=isinstance(selector, TeacherRanker),
     )

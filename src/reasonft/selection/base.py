@@ -157,6 +157,12 @@ class Selector(ABC):
         `correct` when it filters on verification."""
         return frozenset({*self.score_columns, *(["correct"] if self.only_correct else [])})
 
+    @property
+    def reads_self_samples(self) -> bool:
+        """Whether it selects the student's own samples (records of source `self`), which then
+        join the pool (the plan adds the `generate` stage)."""
+        return self.sources is not None and "self" in self.sources
+
     @abstractmethod
     def __call__(self, ds: datasets.Dataset) -> Selection:
         """Select from the pool `ds`; the result keeps input order and adds the selection columns."""

@@ -42,6 +42,10 @@ class OXASelector:
         """What both parts read (ppl and correct with the official settings)."""
         return self.promote.requires | self.suppress.requires
 
+    @property
+    def reads_self_samples(self) -> bool:
+        return self.promote.reads_self_samples or self.suppress.reads_self_samples
+
     def __call__(self, ds: datasets.Dataset) -> Selection:
         check_required_columns(ds, self.requires, self.name)
         # One empty part is reported and warned about; only an empty whole stops the run.

@@ -156,6 +156,10 @@ class TeacherRanker:
         self.seed = int(seed)
 
     @property
+    def reads_self_samples(self) -> bool:
+        return self.sources is not None and "self" in self.sources
+
+    @property
     def requires(self) -> frozenset[str]:
         """The ranked metrics, and `correct` when only verified responses count."""
         return frozenset({*self.metrics, *(["correct"] if self.only_correct else [])})
