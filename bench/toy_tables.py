@@ -72,6 +72,10 @@ def measure_on(model_path: str, records: Any, pipeline: Any) -> dict[str, float]
     from reasonft.evaluation.entropy import response_entropies
     from reasonft.scoring.scorer import Scorer
 
+    from reasonft.data.records import SCORE_COLUMNS
+
+    stale = [c for c in dict.fromkeys((*SCORE_COLUMNS, "score_conditioning")) if c in records.column_names]
+    records = records.remove_columns(stale)  # scored again, under this policy
     model, tok = pipeline.load_model(model_path)
     model.eval()
     scorer = Scorer(method="galp", prompt_format=pipeline.prompt_format, progress=False)
