@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from reasonft.config import CONF_DIR
-from reasonft.data.prompts import build_prompt, encode_example
+from reasonft.data.prompts import PromptFormat
 from reasonft.generation.hf import HFGenerator
 from reasonft.models.loading import load_student, load_tokenizer
 from reasonft.models.toy import train_plain
@@ -72,7 +72,7 @@ def check(build_cfg, world, sft_steps: int, sft_lr: float, cache: Path) -> dict[
         teacher: statistics.median(r["ppl"] for r in scored if r["source"] == teacher)
         for teacher in sorted({r["source"] for r in scored})
     }
-    examples = [encode_example(build_prompt(r["prompt"], tokenizer), r["response"], tokenizer) for r in pool]
+    examples = [PromptFormat().encode(r["prompt"], r["response"], tokenizer) for r in pool]
     started = time.perf_counter()
     train_plain(model, examples, steps=sft_steps, lr=sft_lr, batch_size=32, pad_id=tokenizer.pad_token_id, seed=1)
     sft_seconds = time.perf_counter() - started

@@ -143,7 +143,6 @@ def run_reasonft(
     data = RecordsDataModule(
         read_records(workdir / "records.parquet"),
         tokenizer,
-        chat_template=True,
         max_length=length,
         overlength="truncate",
         micro_batch_size=batch,

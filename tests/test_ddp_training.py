@@ -52,8 +52,8 @@ OVERRIDES = [
     "train.ce_per_step=2",
     "train.ul_per_step=2",
     "train.max_length=96",
-    "train.prompt_suffix=",
-    "train.chat_template=false",
+    "data.prompt_suffix=",
+    "data.chat_template=false",
     "train.optimizer._target_=torch.optim.SGD",
     "~train.optimizer.betas",
     f"train.optimizer.lr={LR}",
@@ -220,14 +220,15 @@ def _reference_step(workdir: Path, cfg: DictConfig) -> tuple[float, dict[str, to
     """Objective and gradient of the first step from full logits, sequence by sequence: mean CE
     over the step's CE sequences (token mean inside each; loss=oxa_full reduces CE by sequence)
     + UL_WEIGHT * the same for UL."""
+    from reasonft.data.prompts import PromptFormat
     from reasonft.io import read_records
     from reasonft.models.loading import load_tokenizer, random_student
     from reasonft.training.datamodule import RecordsDataModule
 
     tokenizer = load_tokenizer(str(workdir / "tokenizer"))
     data = RecordsDataModule(
-        read_records(workdir / "records.jsonl"), tokenizer, prompt_suffix="",
-        chat_template=False, max_length=cfg.train.max_length, micro_batch_size=1,
+        read_records(workdir / "records.jsonl"), tokenizer,
+        prompt_format=PromptFormat(chat_template=False), max_length=cfg.train.max_length, micro_batch_size=1,
         ce_per_step=2, ul_per_step=2, seed=cfg.train.seed, loss_types=("ce", "ul"),
     )
     data.setup()
@@ -257,5 +258,7 @@ def _initial_weights(workdir: Path) -> dict[str, torch.Tensor]:
 
 if __name__ == "__main__":
     import hydra
+
+    import reasonft  # noqa: F401  (the structured-config schema conf/config.yaml names)
 
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(hydra_app)()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from reasonft.data.prompts import OXA_SUFFIX, build_prompt
+from reasonft.data.prompts import OXA_SUFFIX, PromptFormat, build_prompt
 from reasonft.evaluation.entropy import policy_entropy, response_entropies
 
 RECORDS = [
@@ -17,14 +18,15 @@ RECORDS = [
 ]
 
 
-def _reference(model, tokenizer, records, suffix="", chat_template=True, append_eos=False):
+def _reference(model, tokenizer, records, suffix="", chat_template=True, terminator=""):
     """Per record, one unpadded forward with full logits: list of per-token entropies."""
     out = []
     for r in records:
-        prompt = tokenizer(build_prompt(r["prompt"], tokenizer, suffix, chat_template), add_special_tokens=False)["input_ids"]
-        response = tokenizer(r["response"], add_special_tokens=False)["input_ids"]
-        if append_eos:
-            response = response + [tokenizer.eos_token_id]
+        text = r["prompt"] + suffix
+        if chat_template:
+            text = "<|im_start|>user\n" + text + "<|im_end|>\n<|im_start|>assistant\n"
+        prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+        response = tokenizer(r["response"] + terminator, add_special_tokens=False)["input_ids"]
         ids = torch.tensor([prompt + response])
         with torch.no_grad():
             logits = model(ids).logits[0].double()
@@ -50,11 +52,20 @@ def test_policy_entropy_matches_full_softmax(tiny_model, tiny_tokenizer):
         assert n == len(e) and math.isclose(total, sum(e), abs_tol=1e-4)
 
 
-def test_prompt_format_and_eos_are_taken_into_account(tiny_model, tiny_tokenizer):
-    ref = _reference(tiny_model, tiny_tokenizer, RECORDS, suffix=OXA_SUFFIX, chat_template=False, append_eos=True)
+@pytest.mark.parametrize(
+    ("chat_template", "terminator"), [(False, "<|endoftext|>"), (True, "<|im_end|>\n")]
+)
+def test_prompt_format_and_terminator_are_taken_into_account(
+    tiny_model, tiny_tokenizer, chat_template, terminator
+):
+    ref = _reference(
+        tiny_model, tiny_tokenizer, RECORDS, suffix=OXA_SUFFIX, chat_template=chat_template,
+        terminator=terminator,
+    )
     got = policy_entropy(
-        tiny_model, tiny_tokenizer, RECORDS, prompt_suffix=OXA_SUFFIX, chat_template=False,
-        append_eos=True, progress=False,
+        tiny_model, tiny_tokenizer, RECORDS,
+        prompt_format=PromptFormat(suffix=OXA_SUFFIX, chat_template=chat_template),
+        terminate=True, progress=False,
     )
     assert got["tokens"] == sum(len(e) for e in ref)
     assert math.isclose(got["entropy"], sum(map(sum, ref)) / got["tokens"], abs_tol=1e-5)

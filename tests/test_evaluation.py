@@ -45,7 +45,7 @@ class ScriptedGenerator:
         self.tokenizer = tokenizer
         self.calls: list[dict] = []
 
-    def generate(self, problems, model, tokenizer, prompt_suffix="", chat_template=True, *, n=None, seed=None):
+    def generate(self, problems, model, tokenizer, prompt_format=None, *, n=None, seed=None):
         self.calls.append({"n": n, "seed": seed, "problems": len(problems)})
         rows = []
         for j, p in enumerate(problems):
@@ -299,8 +299,19 @@ def test_official_eval_configs_compose_and_point_at_files(option, tmp_path):
     ev = cfg.eval
     assert ev._target_ == "reasonft.evaluation.evaluate.Evaluator"
     assert ev.generator._target_ == "reasonft.generation.vllm.VLLMGenerator"
-    assert (ev.generator.temperature, ev.generator.top_p, ev.generator.max_new_tokens) == (0.6, 0.95, 32768)
-    evaluator = Evaluator(**{k: v for k, v in ev.items() if k not in ("_target_", "generator", "verifier")},
+    # Until a stop token or prompt + response reach 32,768 tokens (the official budget).
+    assert (ev.generator.temperature, ev.generator.top_p) == (0.6, 0.95)
+    assert (ev.generator.max_new_tokens, ev.generator.max_total_tokens) == (None, 32768)
+    official = {"verify_fn": "reasonft.verify.official.official_equal", "answer_rule": "official"}
+    if option == "oxa6":
+        assert list(ev.generator.stop_token_ids) == [151643, 151645]
+        assert {k: ev.verifier[k] for k in official} == official and ev.compare_graders
+        assert ev.second_verifier.answer_rule == "last_think"
+    else:
+        assert ev.verifier.answer_rule == "last_think" and not ev.compare_graders
+        assert {k: ev.second_verifier[k] for k in official} == official
+    skipped = ("_target_", "generator", "verifier", "second_verifier", "compare_graders")
+    evaluator = Evaluator(**{k: v for k, v in ev.items() if k not in skipped},
                           generator=None, verifier=None)
     names = [b.name for b in evaluator.benchmarks]
     if option == "oxa6":

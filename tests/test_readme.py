@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import BENCHMARKS, needs_shared
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 import reasonft  # noqa: F401  (resolvers)
-from conftest import BENCHMARKS, needs_shared
 from reasonft.config import CONF_DIR, PROJECT_ROOT
 from reasonft.pipeline.runner import Pipeline
 from reasonft.pipeline.startup import start
@@ -43,7 +43,7 @@ def run_commands() -> list[str]:
     """Every `python run.py` command of the README: bash blocks (continuations joined, comments
     dropped) and inline code in the prose."""
     found = []
-    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+    for block in re.findall(r"```bash\n(.*?)```", README, re.DOTALL):
         for line in block.replace("\\\n", " ").splitlines():
             tokens = shlex.split(line, comments=True)
             if tokens[:2] == ["python", "run.py"]:
@@ -182,7 +182,7 @@ def test_evaluation_only_recipe_runs_on_a_local_checkpoint(tmp_path, placeholder
 
 
 def test_python_api_snippet_runs(tiny_model, tiny_tokenizer):
-    [snippet] = re.findall(r"```python\n(.*?)```", README, re.S)
+    [snippet] = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
     records = [
         {"prompt_id": f"p{i}", "prompt": f"Compute {i} + 3.", "answer": str(i + 3),
          "response": f"<think>\n{i} + 3 = {i + 3}\n\nSo {i + 3}.\n</think>\n\\boxed{{{i + 3}}}",
@@ -196,7 +196,7 @@ def test_python_api_snippet_runs(tiny_model, tiny_tokenizer):
     for line in snippet.splitlines():
         code, _, comment = line.partition("#")
         if comment.strip() in ("True", "False") and code.strip():
-            assert eval(code, namespace) is (comment.strip() == "True"), line  # noqa: S307
+            assert eval(code, namespace) is (comment.strip() == "True"), line
 
 
 @pytest.mark.parametrize("command", bench_commands())

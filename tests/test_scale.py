@@ -148,8 +148,8 @@ def test_fsdp_trains_on_one_gpu(tmp_path: Path, tiny_tokenizer: Any, tiny_model:
             "train.ce_per_step=2",
             "train.ul_per_step=0",
             "train.max_length=64",
-            "train.prompt_suffix=",
-            "train.chat_template=false",
+            "data.prompt_suffix=",
+            "data.chat_template=false",
         ]
     )
     records = [

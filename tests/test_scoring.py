@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from reasonft.data.prompts import IGNORE_INDEX, build_prompt, encode_example
+from reasonft.data.prompts import IGNORE_INDEX, PromptFormat, build_prompt, encode_example
 from reasonft.scoring.api import score
 from reasonft.scoring.lalp import local_token_logprobs
 from reasonft.scoring.scorer import Scorer, global_token_logprobs
@@ -249,7 +249,7 @@ def test_galp_equals_hf_labels_loss_and_ppl_is_exp_minus_galp(
         example = encode_example(
             build_prompt(record["prompt"], tiny_tokenizer), record["response"], tiny_tokenizer
         )
-        assert row["n_tokens"] == len(example["input_ids"]) - example["prompt_len"] - 1  # no eos
+        assert row["n_tokens"] == len(example["input_ids"]) - example["prompt_len"]  # no terminator
 
 
 def test_ppl_method_and_conditioning_switch(tiny_model, tiny_tokenizer):
@@ -346,7 +346,7 @@ def test_bad_records_and_settings_are_clear_errors(tiny_model, tiny_tokenizer):
     with pytest.raises(ValueError, match="response"):
         Scorer(progress=False).score([{"prompt": "x"}], tiny_model, tiny_tokenizer)
     with pytest.raises(ValueError, match="empty prompt"):
-        Scorer(chat_template=False, progress=False).score(
+        Scorer(prompt_format=PromptFormat(chat_template=False), progress=False).score(
             [{"prompt": "", "response": "7"}], tiny_model, tiny_tokenizer
         )
     with pytest.raises(ValueError, match="score.method"):

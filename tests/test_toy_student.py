@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reasonft.data.prompts import build_prompt, encode_example
+from reasonft.data.prompts import PromptFormat, build_prompt
 from reasonft.data.toy import ToyWorld
 from reasonft.models import toy
 from reasonft.models.loading import load_student, load_tokenizer
@@ -79,9 +79,8 @@ def test_tokenizer_beside_the_qwen2_config_round_trips(built, tmp_path):
     # the pre-training examples are encoded exactly as a stage encodes them after loading
     builder = tiny_builder()
     problem, teacher = builder.pretraining_pairs()[0]
-    again = encode_example(
-        build_prompt(problem.text, loaded), builder.world.solve(problem, teacher).response, loaded
-    )
+    again = PromptFormat().encode(problem.text, builder.world.solve(problem, teacher).response, loaded)
+    assert again["input_ids"][-2:] == loaded("<|im_end|>\n", add_special_tokens=False)["input_ids"]
     assert builder.pretraining_examples(trained_with)[0] == again
 
 
@@ -139,9 +138,7 @@ def mean_response_ppl(model, tokenizer, world: ToyWorld, teacher: str, n: int) -
     """Slow reference: full-vocabulary softmax, one sequence at a time, prompt-conditioned."""
     ppls = []
     for problem in world.problem_list("train")[:n]:
-        example = encode_example(
-            build_prompt(problem.text, tokenizer), world.solve(problem, teacher).response, tokenizer
-        )
+        example = PromptFormat().encode(problem.text, world.solve(problem, teacher).response, tokenizer)
         ids = torch.tensor([example["input_ids"]])
         logp = torch.log_softmax(model(ids).logits[0, :-1].double(), dim=-1)
         start = example["prompt_len"]
@@ -184,7 +181,7 @@ def test_model_config_takes_the_world_from_the_data_config():
     source = instantiate(cfg.data.source)
     assert builder.world.settings() == source.settings()
     assert builder.world.settings()["n_train"] == 40
-    assert builder.prompt_suffix == " Be brief."
+    assert builder.prompt_format == PromptFormat(suffix=" Be brief.", response_end="eos")
     assert builder.max_length == cfg.data.max_length
     # without recursive instantiation the world arrives as its config; that works too
     lazy = instantiate(cfg.model.build, _recursive_=False)

@@ -23,6 +23,7 @@ from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from reasonft.data.prompts import PromptFormat
 from reasonft.scoring.logprobs import token_logprobs
 from reasonft.training.collate import Collator, pack
 from reasonft.training.datamodule import RecordsDataModule
@@ -48,12 +49,10 @@ def make_records(values: list[int], ul_every: int = 0) -> list[dict]:
 def reference_ids(
     tokenizer, problem: str, response: str, suffix: str = ""
 ) -> tuple[list[int], list[int]]:
-    """Prompt ids (chat template applied by hand) and response ids + eos."""
+    """Prompt ids (chat template applied by hand) and response ids + the template's end of turn."""
     prompt = "<|im_start|>user\n" + problem + suffix + "<|im_end|>\n<|im_start|>assistant\n"
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [
-        tokenizer.eos_token_id
-    ]
+    response_ids = tokenizer(response + "<|im_end|>\n", add_special_tokens=False)["input_ids"]
     return prompt_ids, response_ids
 
 
@@ -107,7 +106,7 @@ def test_collated_labels_mask_exactly_prompt_and_padding(tiny_tokenizer):
     records = make_records([3, 12, 107, 5], ul_every=2)
     suffix = " Reason briefly."
     dm = RecordsDataModule(
-        records, tiny_tokenizer, prompt_suffix=suffix, micro_batch_size=4, ce_per_step=2,
+        records, tiny_tokenizer, prompt_format=PromptFormat(suffix=suffix), micro_batch_size=4, ce_per_step=2,
         ul_per_step=2,
     )
     batch = next(iter(dm.train_dataloader()))

@@ -106,6 +106,7 @@ def test_verifier_columns_statuses_and_report():
         "correct": 2,
         "incorrect": 1,
         "no_answer": 1,
+        "no_think": 0,
         "timeout": 0,
         "error": 1,
     }
@@ -114,6 +115,7 @@ def test_verifier_columns_statuses_and_report():
         "correct": 1,
         "incorrect": 1,
         "no_answer": 0,
+        "no_think": 0,
         "timeout": 0,
         "error": 0,
     }
@@ -208,6 +210,7 @@ def test_injected_c_level_hang_and_error_do_not_stop_the_stage():
         "correct": 3,
         "incorrect": 1,
         "no_answer": 0,
+        "no_think": 0,
         "timeout": 2,
         "error": 1,
     }

@@ -157,8 +157,8 @@ def _cfg(tmp_path: Path, task_name: str, logger: str = "wandb") -> Any:
         "train.ce_per_step=2",
         "train.ul_per_step=0",
         "train.max_length=64",
-        "train.prompt_suffix=",
-        "train.chat_template=false",
+        "data.prompt_suffix=",
+        "data.chat_template=false",
     ]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)

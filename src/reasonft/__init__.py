@@ -2,7 +2,10 @@
 
 The notebook API (each imported on first use, so `import reasonft` stays light):
 
-- `is_correct(response, gold, timeout=5.0) -> bool` — the verify stage's verdict for one response.
+- `is_correct(response, gold, timeout=5.0, grader="math_verify") -> bool` — the verify stage's
+  verdict for one response; `grader="official"` applies the official OXA evaluation's rule
+  (no `</think>` is wrong; the last `\\boxed{}` after the first `</think>`; MATH normalisation
+  then sympy).
 - `pass_at_k(n, c, k) -> float` — the unbiased pass@k estimator.
 - `score(records, model, tokenizer, method="lalp", window=4, steps="paragraph", ...)` — adds
   `n_tokens`, `ppl`, `galp`, `lalp`, `step_logps` to the records.

@@ -23,6 +23,9 @@ def slug(text: str = "", limit: int = 60) -> str:
 
 
 def register_resolvers() -> None:
+    from reasonft.schema import register_schemas
+
+    register_schemas()
     if not OmegaConf.has_resolver("reasonft.root"):
         OmegaConf.register_new_resolver("reasonft.root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("reasonft.slug"):

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from reasonft.data.prompts import PromptFormat
 from reasonft.evaluation.evaluate import Evaluator
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class EvaluationCallback(pl.Callback):
         tokenizer: the tokenizer; null reads `pl_module.<tokenizer_attr>`.
         model_attr: the attribute of the LightningModule that holds the HF causal LM.
         data_source: for benchmarks that read a data-source split (e.g. the toy world).
-        prompt_suffix, chat_template: the prompt format, as in training.
+        prompt_format: the prompt format, as in training (`PromptFormat.from_config(cfg.data)`).
     """
 
     def __init__(
@@ -59,8 +60,7 @@ class EvaluationCallback(pl.Callback):
         model_attr: str = "model",
         tokenizer_attr: str = "tokenizer",
         data_source: Any = None,
-        prompt_suffix: str = "",
-        chat_template: bool = True,
+        prompt_format: PromptFormat | None = None,
     ) -> None:
         if every_n_steps < 0:
             raise ValueError(f"EvaluationCallback.every_n_steps={every_n_steps}: must be >= 0")
@@ -72,8 +72,7 @@ class EvaluationCallback(pl.Callback):
         self.model_attr = model_attr
         self.tokenizer_attr = tokenizer_attr
         self.data_source = data_source
-        self.prompt_suffix = prompt_suffix
-        self.chat_template = chat_template
+        self.prompt_format = PromptFormat.coerce(prompt_format)
         self.evaluated_steps: list[int] = []
         self.last_results: dict[str, Any] | None = None
 
@@ -121,8 +120,7 @@ class EvaluationCallback(pl.Callback):
                     tokenizer,
                     self._folder(trainer),
                     data_source=self.data_source,
-                    prompt_suffix=self.prompt_suffix,
-                    chat_template=self.chat_template,
+                    prompt_format=self.prompt_format,
                     loggers=trainer.loggers,
                     tag="train",
                     step=step,

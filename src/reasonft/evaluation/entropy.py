@@ -14,7 +14,7 @@ from typing import Any
 import datasets
 import torch
 
-from reasonft.data.prompts import build_prompt, encode_example
+from reasonft.data.prompts import PromptFormat
 from reasonft.data.records import as_dataset, require_columns
 from reasonft.generation.hf import throughput_progress
 from reasonft.scoring.batching import length_sorted_batches
@@ -25,9 +25,8 @@ def response_entropies(
     model: torch.nn.Module,
     tokenizer: Any,
     records: datasets.Dataset | list[dict[str, Any]],
-    prompt_suffix: str = "",
-    chat_template: bool = True,
-    append_eos: bool = False,
+    prompt_format: PromptFormat | None = None,
+    terminate: bool = False,
     batch_tokens: int = 16384,
     chunk_tokens: int = 4096,
     max_length: int | None = None,
@@ -36,16 +35,13 @@ def response_entropies(
 ) -> tuple[list[tuple[float, int] | None], dict[str, int]]:
     """Per record: (sum of token entropies over the response, number of response tokens), or
     None when it was not scored; and the skip counts {"empty": no response token, "too_long":
-    prompt + response longer than `max_length` tokens}."""
+    prompt + response longer than `max_length` tokens}. `terminate` also scores the response
+    terminator of `prompt_format` (as training sees it)."""
+    prompt_format = PromptFormat.coerce(prompt_format)
     ds = as_dataset(records)
     require_columns(ds, ("prompt", "response"), "entropy")
     encoded = [
-        encode_example(
-            build_prompt(prompt, tokenizer, prompt_suffix, chat_template),
-            response or "",
-            tokenizer,
-            append_eos=append_eos,
-        )
+        prompt_format.encode(prompt, response or "", tokenizer, terminate=terminate)
         for prompt, response in zip(ds["prompt"], ds["response"])
     ]
     n_targets = [len(e["input_ids"]) - e["prompt_len"] for e in encoded]
@@ -97,9 +93,8 @@ def policy_entropy(
     model: torch.nn.Module,
     tokenizer: Any,
     records: datasets.Dataset | list[dict[str, Any]],
-    prompt_suffix: str = "",
-    chat_template: bool = True,
-    append_eos: bool = False,
+    prompt_format: PromptFormat | None = None,
+    terminate: bool = False,
     batch_tokens: int = 16384,
     chunk_tokens: int = 4096,
     max_length: int | None = None,
@@ -112,7 +107,7 @@ def policy_entropy(
     means), tokens, responses, and the records skipped: skipped_empty, skipped_too_long.
     """
     per_record, skipped = response_entropies(
-        model, tokenizer, records, prompt_suffix, chat_template, append_eos,
+        model, tokenizer, records, prompt_format, terminate,
         batch_tokens, chunk_tokens, max_length, progress, description,
     )
     scored = [r for r in per_record if r is not None]

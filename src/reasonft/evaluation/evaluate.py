@@ -25,6 +25,7 @@ import datasets
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from reasonft.data.prompts import PromptFormat
 from reasonft.data.records import ANSWER_ALTERNATIVES, as_dataset, require_columns
 from reasonft.evaluation.entropy import policy_entropy
 from reasonft.evaluation.passk import counts_by_prompt, pass_at_k_table
@@ -41,9 +42,10 @@ PASSK_PNG = "pass_at_k.png"
 SAMPLES_DIR = "samples"
 # Per-benchmark numbers that are averaged over benchmarks (pass@k keys are added).
 AVERAGED = (
-    "pass@1", "any_correct", "mean_tokens", "median_tokens", "no_answer_share",
-    "truncated_share", "entropy",
+    "pass@1", "any_correct", "mean_tokens", "median_tokens", "no_answer_share", "no_think_share",
+    "truncated_share", "entropy", "grader_disagreement_share",
 )
+BY_GRADER = "_pass@1"  # `<grader>_pass@1`: each grader's pass@1 when eval.compare_graders is on
 
 
 def _plain(value: Any) -> Any:
@@ -152,10 +154,31 @@ def benchmark_metrics(records: datasets.Dataset, n: int, ks: Sequence[int]) -> d
     if "verify_status" in records.column_names:
         no_answer = sum(1 for s in records["verify_status"] if s == "no_answer")
         out["no_answer_share"] = no_answer / len(records) if len(records) else float("nan")
+        no_think = sum(1 for s in records["verify_status"] if s == "no_think")
+        out["no_think_share"] = no_think / len(records) if len(records) else float("nan")
     if "finish_reason" in records.column_names:
         truncated = sum(1 for r in records["finish_reason"] if r == "length")
         out["truncated_share"] = truncated / len(records) if len(records) else float("nan")
     return out
+
+
+def grader_comparison(
+    first: datasets.Dataset, second: datasets.Dataset, first_name: str, second_name: str
+) -> dict[str, Any]:
+    """Both graders' pass@1 on the same samples and the samples on which they disagree."""
+    a, b = list(first["correct"]), list(second["correct"])
+    if len(a) != len(b) or not a:
+        raise ValueError(f"grader comparison: {len(a)} and {len(b)} verdicts for the same samples")
+    only_first = sum(1 for x, y in zip(a, b) if x and not y)
+    only_second = sum(1 for x, y in zip(a, b) if y and not x)
+    return {
+        f"{first_name}{BY_GRADER}": sum(a) / len(a),
+        f"{second_name}{BY_GRADER}": sum(b) / len(b),
+        "grader_disagreements": only_first + only_second,
+        "grader_disagreement_share": (only_first + only_second) / len(a),
+        f"only_{first_name}_correct": only_first,
+        f"only_{second_name}_correct": only_second,
+    }
 
 
 def average_over_benchmarks(per_benchmark: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, float], list[str]]:
@@ -165,7 +188,8 @@ def average_over_benchmarks(per_benchmark: Mapping[str, Mapping[str, Any]]) -> t
     keys: list[str] = []
     for metrics in per_benchmark.values():
         for key in metrics:
-            if (key in AVERAGED or key.startswith("pass@")) and key not in keys:
+            averaged = key in AVERAGED or key.startswith("pass@") or key.endswith(BY_GRADER)
+            if averaged and key not in keys:
                 keys.append(key)
     average: dict[str, float] = {}
     notes: list[str] = []
@@ -208,8 +232,10 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     pass_keys = sorted(
         {k for m in per.values() for k in m if k.startswith("pass@")}, key=lambda k: int(k[5:])
     )
-    columns = ["problems", "n", *pass_keys, "any_correct", "mean_tokens", "median_tokens",
-               "no_answer_share", "truncated_share", "entropy"]
+    by_grader = sorted({k for m in per.values() for k in m if k.endswith(BY_GRADER)})
+    optional = [k for k in ("no_think_share", "grader_disagreements") if any(k in m for m in per.values())]
+    columns = ["problems", "n", *pass_keys, *by_grader, "any_correct", "mean_tokens",
+               "median_tokens", "no_answer_share", *optional, "truncated_share", "entropy"]
     lines = [
         f"# Evaluation{' — ' + results['tag'] if results.get('tag') else ''}",
         "",
@@ -234,6 +260,12 @@ def markdown_table(results: Mapping[str, Any]) -> str:
         "any_correct = share of problems with a correct sample among all n; entropy in nats "
         "(policy at temperature 1 on its own samples)."
     )
+    if by_grader:
+        lines.append(
+            f"Graders compared on the same samples: {', '.join(by_grader)}; pass@1 and pass@k use "
+            f"the primary grader ({results.get('settings', {}).get('grader')}); grader_disagreements "
+            "= samples one grader marks correct and the other not."
+        )
     for note in results.get("notes", []):
         lines.append(f"- {note}")
     return "\n".join(lines) + "\n"
@@ -314,6 +346,10 @@ def log_to_loggers(
 # -- the evaluator -------------------------------------------------------------------------------
 
 
+def _grader_name(verifier: Any) -> str:
+    return str(getattr(verifier, "grader", None) or type(verifier).__name__)
+
+
 class Evaluator:
     """Sample, verify and measure a model on configured benchmarks.
 
@@ -335,6 +371,9 @@ class Evaluator:
         entropy_samples_per_problem: own-sample entropy on the first this many samples of each
             problem (null: all) — with n=128 long samples, a few per problem suffice.
         table_rows: samples per benchmark in the logged sample table.
+        compare_graders: also grade every sample with `second_verifier` and report both
+            graders' pass@1 (`<grader>_pass@1`) and the samples they disagree on.
+        second_verifier: the other grader (e.g. math-verify beside the official one).
     """
 
     def __init__(
@@ -350,7 +389,22 @@ class Evaluator:
         entropy_samples_per_problem: int | None = None,
         table_rows: int = 8,
         progress: bool = True,
+        compare_graders: bool = False,
+        second_verifier: Any = None,
     ) -> None:
+        if compare_graders and second_verifier is None:
+            raise ValueError(
+                "eval.compare_graders=true needs eval.second_verifier (a verify config, e.g. "
+                "/verify@second_verifier: default); or set eval.compare_graders=false"
+            )
+        if compare_graders and _grader_name(verifier) == _grader_name(second_verifier):
+            raise ValueError(
+                f"eval.compare_graders=true: eval.verifier and eval.second_verifier are the same "
+                f"grader ({_grader_name(verifier)}); set eval.second_verifier to the other one "
+                "(/verify@eval.second_verifier=default or official)"
+            )
+        self.compare_graders = bool(compare_graders)
+        self.second_verifier = second_verifier if compare_graders else None
         benchmarks = named_benchmarks(_plain(benchmarks))
         if not benchmarks:
             raise ValueError("eval.benchmarks is empty: configure at least one benchmark")
@@ -463,19 +517,20 @@ class Evaluator:
         tokenizer: Any,
         out_dir: str | Path,
         data_source: Any = None,
-        prompt_suffix: str = "",
-        chat_template: bool = True,
+        prompt_format: PromptFormat | None = None,
         loggers: Sequence[Any] = (),
         tag: str = "",
         step: int | None = None,
     ) -> dict[str, Any]:
-        """Evaluate `model` on every benchmark; write the results to `out_dir`; return them."""
+        """Evaluate `model` on every benchmark; write the results to `out_dir`; return them.
+        Prompts are built by `prompt_format` (`PromptFormat.from_config(cfg.data)`)."""
+        prompt_format = PromptFormat.coerce(prompt_format)
         out_dir = Path(out_dir)
         was_training = model.training
         model.eval()
         try:
             results, table = self._evaluate(
-                model, tokenizer, out_dir, data_source, prompt_suffix, chat_template, tag
+                model, tokenizer, out_dir, data_source, prompt_format, tag
             )
         finally:
             model.train(was_training)
@@ -493,15 +548,14 @@ class Evaluator:
         tokenizer: Any,
         out_dir: Path,
         data_source: Any,
-        prompt_suffix: str,
-        chat_template: bool,
+        prompt_format: PromptFormat,
         tag: str,
     ) -> tuple[dict[str, Any], list[list[Any]]]:
         per_benchmark: dict[str, dict[str, Any]] = {}
         reports: dict[str, dict[str, Any]] = {}
         table: list[list[Any]] = []
         notes: list[str] = []
-        prompting = {"prompt_suffix": prompt_suffix, "chat_template": chat_template}
+        prompting = {"prompt_format": prompt_format}
         for bench in self.benchmarks:
             start = time.perf_counter()
             problems, load_report = self.problems(bench, data_source)
@@ -513,6 +567,13 @@ class Evaluator:
             generated = time.perf_counter()
             verified, verify_report = self.verifier(samples)
             metrics = benchmark_metrics(verified, bench.n_samples, self.ks)
+            second_report = None
+            if self.second_verifier is not None:
+                second, second_report = self.second_verifier(samples)
+                metrics.update(grader_comparison(
+                    verified, second, _grader_name(self.verifier), _grader_name(self.second_verifier)
+                ))
+                verified = verified.add_column("second_grader_correct", list(second["correct"]))
             if metrics["skipped_ks"]:
                 notes.append(f"{bench.name}: pass@k skipped for k={metrics['skipped_ks']} > n_samples={bench.n_samples}")
             entropy = policy_entropy(
@@ -525,6 +586,8 @@ class Evaluator:
             metrics["seconds"] = time.perf_counter() - start
             per_benchmark[bench.name] = metrics
             reports[bench.name] = {"load": load_report, "verify": _plain(verify_report), "entropy": entropy}
+            if second_report is not None:
+                reports[bench.name]["second_verify"] = _plain(second_report)
             write_records(verified, out_dir / SAMPLES_DIR / f"{bench.file_stem}.parquet")
             table.extend(self._table_rows(bench.name, verified))
             log.info("evaluate %s: pass@1=%.4f any_correct=%.4f", bench.name, metrics["pass@1"], metrics["any_correct"])
@@ -552,8 +615,12 @@ class Evaluator:
                 "max_new_tokens": getattr(self.generator, "max_new_tokens", None),
                 "ks": self.ks,
                 "seed": self.seed,
-                "prompt_suffix": prompt_suffix,
-                "chat_template": chat_template,
+                "max_total_tokens": getattr(self.generator, "max_total_tokens", None),
+                "prompt_format": prompt_format.as_dict(),
+                "grader": _grader_name(self.verifier),
+                "second_grader": (
+                    _grader_name(self.second_verifier) if self.second_verifier is not None else None
+                ),
                 "benchmarks": [asdict(b) for b in self.benchmarks],
             },
         }

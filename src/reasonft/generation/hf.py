@@ -33,7 +33,7 @@ from rich.progress import (
 from torch import Tensor
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
 
-from reasonft.data.prompts import build_prompt
+from reasonft.data.prompts import PromptFormat
 from reasonft.data.records import ANSWER_ALTERNATIVES, as_dataset, require_columns
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,10 @@ def sample_seed(seed: int, prompt_id: Any, sample_idx: int) -> int:
     return int.from_bytes(digest.digest(), "little")
 
 
-def check_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int) -> None:
+def check_sampling(
+    n: int, temperature: float, top_p: float, max_new_tokens: int | None,
+    max_total_tokens: int | None = None,
+) -> None:
     if n < 1:
         raise ValueError(f"generate.n={n}: need at least one sample per prompt")
     if temperature < 0:
@@ -64,8 +67,51 @@ def check_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int
         )
     if not 0 < top_p <= 1:
         raise ValueError(f"generate.top_p={top_p}: must lie in (0, 1]")
-    if max_new_tokens < 1:
-        raise ValueError(f"generate.max_new_tokens={max_new_tokens}: must be >= 1")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ValueError(
+            f"generate.max_new_tokens={max_new_tokens}: must be >= 1, or null (until the context limit)"
+        )
+    if max_total_tokens is not None and max_total_tokens < 2:
+        raise ValueError(
+            f"generate.max_total_tokens={max_total_tokens}: must be >= 2, or null (the model's "
+            "max_position_embeddings)"
+        )
+
+
+def context_limit(model: Any, max_total_tokens: int | None) -> int | None:
+    """The most tokens prompt + response may take: `max_total_tokens`, else the model's
+    `max_position_embeddings` (None when neither is known)."""
+    if max_total_tokens is not None:
+        return int(max_total_tokens)
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return int(positions) if positions else None
+
+
+def response_budgets(
+    prompt_lengths: Sequence[int], max_new_tokens: int | None, limit: int | None,
+    prompt_ids: Sequence[Any],
+) -> list[int]:
+    """Per prompt: how many tokens its response may take (stop token included):
+    `max_new_tokens`, and at most `limit - prompt length` when a context limit is known."""
+    if max_new_tokens is None and limit is None:
+        raise ValueError(
+            "generate.max_new_tokens=null runs until the context limit, but the model config has "
+            "no max_position_embeddings; set generate.max_total_tokens or generate.max_new_tokens"
+        )
+    budgets = []
+    for length, pid in zip(prompt_lengths, prompt_ids):
+        room = None if limit is None else limit - length
+        if room is not None and room < 1:
+            raise ValueError(
+                f"generate: the prompt of prompt_id={pid!r} has {length} tokens, leaving no room "
+                f"for a response within {limit} tokens; raise generate.max_total_tokens (or the "
+                "model's max_position_embeddings) or shorten the prompt"
+            )
+        if max_new_tokens is None:
+            budgets.append(room)
+        else:
+            budgets.append(max_new_tokens if room is None else min(max_new_tokens, room))
+    return budgets
 
 
 def check_problems(problems: datasets.Dataset | list[dict[str, Any]]) -> datasets.Dataset:
@@ -87,16 +133,20 @@ def check_problems(problems: datasets.Dataset | list[dict[str, Any]]) -> dataset
 
 
 def prompt_token_ids(
-    prompts: Sequence[str], tokenizer: Any, prompt_suffix: str, chat_template: bool
+    prompts: Sequence[str], tokenizer: Any, prompt_format: PromptFormat
 ) -> list[list[int]]:
-    """Token ids of what the student sees: `build_prompt`, no added special tokens (as in training)."""
-    texts = [build_prompt(p, tokenizer, prompt_suffix, chat_template) for p in prompts]
+    """Token ids of what the student sees, no added special tokens (as in training)."""
+    texts = [prompt_format.prompt_text(p, tokenizer) for p in prompts]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
-def stop_token_ids(tokenizer: Any, model_eos: Any, extra_stop_tokens: Sequence[str]) -> list[int]:
+def stop_token_ids(
+    tokenizer: Any, model_eos: Any, extra_stop_tokens: Sequence[str],
+    extra_stop_ids: Sequence[int] = (),
+) -> list[int]:
     """EOS of the tokenizer and of the model's generation config, plus extra stop tokens present
-    in the vocabulary (e.g. `<|im_end|>`, which ends a chat turn)."""
+    in the vocabulary (e.g. `<|im_end|>`, which ends a chat turn) and stop token ids given as
+    ids (the official evaluation's 151643, 151645)."""
     ids: list[int] = []
     for value in (tokenizer.eos_token_id, model_eos):
         if value is None:
@@ -104,6 +154,13 @@ def stop_token_ids(tokenizer: Any, model_eos: Any, extra_stop_tokens: Sequence[s
         ids.extend(value if isinstance(value, (list, tuple)) else [value])
     vocab = tokenizer.get_vocab()
     ids.extend(vocab[token] for token in extra_stop_tokens if token in vocab)
+    out_of_vocab = [int(i) for i in extra_stop_ids if not 0 <= int(i) < len(tokenizer)]
+    if out_of_vocab:
+        raise ValueError(
+            f"generate.stop_token_ids={list(extra_stop_ids)}: {out_of_vocab} lie outside the "
+            f"tokenizer's {len(tokenizer)} ids; give ids of this tokenizer (or [])"
+        )
+    ids.extend(int(i) for i in extra_stop_ids)
     if not ids:
         raise ValueError("generate: the tokenizer has no eos_token and no stop token was found")
     return sorted({int(i) for i in ids})
@@ -214,6 +271,26 @@ class SeededSampler(LogitsProcessor):
         return scores + gumbel_noise(keys, step, scores.shape[-1])
 
 
+class ResponseBudget(LogitsProcessor):
+    """Ends row b with `stop_id` once it has `budgets[b]` response tokens, so that rows with
+    different prompt lengths in one batch each stop at their own context limit. The forced
+    token lies past the budget and is cut off (the row's finish_reason is then "length")."""
+
+    def __init__(self, budgets: Sequence[int], prompt_len: int, stop_id: int) -> None:
+        self.budgets = torch.tensor(list(budgets), dtype=torch.long)
+        self.prompt_len = prompt_len
+        self.stop_id = stop_id
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        step = input_ids.shape[1] - self.prompt_len
+        spent = self.budgets.to(scores.device) <= step
+        if bool(spent.any()):
+            scores = scores.clone()
+            scores[spent] = float("-inf")
+            scores[spent, self.stop_id] = 0.0
+        return scores
+
+
 # -- the generator -------------------------------------------------------------------------------
 
 
@@ -222,6 +299,7 @@ class _Row:
     problem: int
     sample_idx: int
     ids: list[int]
+    budget: int
 
 
 @contextmanager
@@ -246,11 +324,15 @@ class HFGenerator:
         n: samples per prompt.
         temperature: sampling temperature; 0 = greedy (then n must be 1).
         top_p: nucleus sampling mass (1.0 = off).
-        max_new_tokens: response budget; a response that reaches it has finish_reason "length".
+        max_new_tokens: response budget in tokens (stop token included); null: until the
+            context limit. A response that reaches its budget has finish_reason "length".
+        max_total_tokens: context limit, prompt + response (the official evaluation: 32,768);
+            null: the model's max_position_embeddings. Applies with max_new_tokens too.
         batch_size: sequences per `generate` call (the n samples of a prompt are n sequences).
         seed: with (prompt_id, sample_idx) it fixes every sample, whatever the batching.
         source: the `source` column of the records (`self` for the student's own samples).
         extra_stop_tokens: tokens that also end a response when in the vocabulary (besides EOS).
+        stop_token_ids: token ids that also end a response (the official 151643, 151645).
         progress: show a rich progress bar with samples/s and tokens/s.
     """
 
@@ -259,24 +341,28 @@ class HFGenerator:
         n: int = 1,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        max_new_tokens: int = 512,
+        max_new_tokens: int | None = 512,
         batch_size: int = 32,
         seed: int = 0,
         source: str = "self",
         extra_stop_tokens: Sequence[str] = ("<|im_end|>",),
         progress: bool = True,
+        max_total_tokens: int | None = None,
+        stop_token_ids: Sequence[int] = (),
     ) -> None:
-        check_sampling(n, temperature, top_p, max_new_tokens)
+        check_sampling(n, temperature, top_p, max_new_tokens, max_total_tokens)
         if batch_size < 1:
             raise ValueError(f"generate.batch_size={batch_size}: must be >= 1")
         self.n = int(n)
         self.temperature = float(temperature)
         self.top_p = float(top_p)
-        self.max_new_tokens = int(max_new_tokens)
+        self.max_new_tokens = None if max_new_tokens is None else int(max_new_tokens)
+        self.max_total_tokens = None if max_total_tokens is None else int(max_total_tokens)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.source = str(source)
         self.extra_stop_tokens = [str(t) for t in extra_stop_tokens]
+        self.stop_token_ids = [int(i) for i in stop_token_ids]
         self.progress = bool(progress)
         self.last_stats: dict[str, float] = {}
 
@@ -285,16 +371,16 @@ class HFGenerator:
         problems: datasets.Dataset | list[dict[str, Any]],
         model: torch.nn.Module,
         tokenizer: Any,
-        prompt_suffix: str = "",
-        chat_template: bool = True,
+        prompt_format: PromptFormat | None = None,
         *,
         n: int | None = None,
         seed: int | None = None,
         temperature: float | None = None,
     ) -> datasets.Dataset:
         """Records (prompt_id, prompt, answer, response, source, sample_idx, gen_tokens,
-        finish_reason), n per problem, in problem order. `n`/`seed`/`temperature` override the
-        config for this call (temperature 0: greedy)."""
+        finish_reason), n per problem, in problem order; prompts built by `prompt_format`.
+        `n`/`seed`/`temperature` override the config for this call (temperature 0: greedy)."""
+        prompt_format = PromptFormat.coerce(prompt_format)
         n = self.n if n is None else int(n)
         seed = self.seed if seed is None else int(seed)
         temperature = self.temperature if temperature is None else float(temperature)
@@ -304,17 +390,21 @@ class HFGenerator:
         if not order:
             return sample_records(problems, [], {}, self.source)
 
-        ids = prompt_token_ids(list(problems["prompt"]), tokenizer, prompt_suffix, chat_template)
-        rows = [_Row(row, s, ids[row]) for row, s in order]
+        ids = prompt_token_ids(list(problems["prompt"]), tokenizer, prompt_format)
+        prompt_ids = list(problems["prompt_id"])
+        budgets = response_budgets(
+            [len(i) for i in ids], self.max_new_tokens,
+            context_limit(model, self.max_total_tokens), prompt_ids,
+        )
+        rows = [_Row(row, s, ids[row], budgets[row]) for row, s in order]
         # Longest prompts first: similar lengths share a batch (little padding) and a batch
         # that does not fit in memory fails at once.
         rows.sort(key=lambda r: (-len(r.ids), r.problem, r.sample_idx))
         stop_ids = stop_token_ids(
             tokenizer, getattr(getattr(model, "generation_config", None), "eos_token_id", None),
-            self.extra_stop_tokens,
+            self.extra_stop_tokens, self.stop_token_ids,
         )
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-        prompt_ids = list(problems["prompt_id"])
 
         stop_set = set(stop_ids)
         outputs: dict[tuple[int, int], tuple[str, int, str]] = {}
@@ -327,7 +417,7 @@ class HFGenerator:
                 keys = [sample_seed(seed, prompt_ids[r.problem], r.sample_idx) for r in batch]
                 new = self._generate_batch(model, batch, keys, stop_ids, pad_id, temperature)
                 for r, gen in zip(batch, new):
-                    response_ids, stopped = cut_at_stop(gen, stop_set)
+                    response_ids, stopped = cut_at_stop(gen[: r.budget], stop_set)
                     text = tokenizer.decode(response_ids, skip_special_tokens=True)
                     outputs[(r.problem, r.sample_idx)] = (
                         text,
@@ -366,7 +456,7 @@ class HFGenerator:
             input_ids[i, width - len(r.ids) :] = torch.tensor(r.ids, dtype=torch.long)
             attention[i, width - len(r.ids) :] = 1
         config = GenerationConfig(
-            max_new_tokens=self.max_new_tokens,
+            max_new_tokens=max(r.budget for r in batch),
             do_sample=False,
             num_beams=1,
             use_cache=True,
@@ -377,6 +467,8 @@ class HFGenerator:
         if temperature > 0:
             key_tensor = torch.tensor(keys, dtype=torch.int64, device=device)
             processors.append(SeededSampler(key_tensor, width, temperature, self.top_p))
+        if len({r.budget for r in batch}) > 1:  # last: it overrides whatever came before
+            processors.append(ResponseBudget([r.budget for r in batch], width, stop_ids[0]))
         out = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
@@ -388,5 +480,6 @@ class HFGenerator:
     def __repr__(self) -> str:
         return (
             f"HFGenerator(n={self.n}, temperature={self.temperature}, top_p={self.top_p}, "
-            f"max_new_tokens={self.max_new_tokens}, batch_size={self.batch_size}, seed={self.seed})"
+            f"max_new_tokens={self.max_new_tokens}, max_total_tokens={self.max_total_tokens}, "
+            f"batch_size={self.batch_size}, seed={self.seed})"
         )

@@ -24,12 +24,14 @@ from typing import Any
 import datasets
 import torch
 
+from reasonft.data.prompts import PromptFormat
 from reasonft.generation.hf import (
     check_problems,
     check_sampling,
     cut_at_stop,
     prompt_token_ids,
     rate_text,
+    response_budgets,
     sample_records,
     sample_seed,
     stop_token_ids,
@@ -122,13 +124,27 @@ def _plain_dict(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _engine_max_model_len(llm: Any) -> int | None:
+    """The engine's context length (vLLM keeps its model config in one of these places)."""
+    engine = getattr(llm, "llm_engine", None)
+    for config in (
+        getattr(engine, "model_config", None),
+        getattr(getattr(engine, "vllm_config", None), "model_config", None),
+    ):
+        if getattr(config, "max_model_len", None):
+            return int(config.max_model_len)
+    return None
+
+
 class VLLMGenerator:
     """Sample `n` responses per problem with vLLM; records as `HFGenerator.generate` gives them.
 
-    Args: as `HFGenerator` (batch_size = vLLM's `max_num_seqs`), plus the engine settings
-    `tensor_parallel_size`, `gpu_memory_utilization`, `dtype`, `max_model_len` (null: the
-    model's), `enforce_eager`, and `hf_overrides` (config values changed at load, e.g. the
-    max_position_embeddings/rope_theta of METHODS §1d — the model group's `config_overrides`).
+    Args: as `HFGenerator` (batch_size = vLLM's `max_num_seqs`; `max_new_tokens: null` with
+    `max_total_tokens` = the official "until prompt + response reach 32,768"), plus the engine
+    settings `tensor_parallel_size`, `gpu_memory_utilization`, `dtype`, `max_model_len` (null:
+    `max_total_tokens` when set, else the model's max_position_embeddings), `enforce_eager`, and
+    `hf_overrides` (config values changed at load, e.g. the max_position_embeddings/rope_theta
+    of METHODS §1d — the model group's `config_overrides`).
     """
 
     def __init__(
@@ -136,7 +152,7 @@ class VLLMGenerator:
         n: int = 1,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        max_new_tokens: int = 512,
+        max_new_tokens: int | None = 512,
         batch_size: int = 256,
         seed: int = 0,
         source: str = "self",
@@ -148,15 +164,25 @@ class VLLMGenerator:
         max_model_len: int | None = None,
         enforce_eager: bool = False,
         hf_overrides: dict[str, Any] | None = None,
+        max_total_tokens: int | None = None,
+        stop_token_ids: Sequence[int] = (),
     ) -> None:
-        check_sampling(n, temperature, top_p, max_new_tokens)
+        check_sampling(n, temperature, top_p, max_new_tokens, max_total_tokens)
+        if max_model_len is not None and max_total_tokens is not None and max_model_len < max_total_tokens:
+            raise ValueError(
+                f"generate.max_model_len={max_model_len} < generate.max_total_tokens="
+                f"{max_total_tokens}: the engine could not hold a full-length sample; raise "
+                "max_model_len or set it to null (it then follows max_total_tokens)"
+            )
         # Fail when the config is built, not after hours of training before the evaluation.
         if importlib.util.find_spec("vllm") is None:
             raise ImportError(INSTALL_HINT)
         self.n = int(n)
         self.temperature = float(temperature)
         self.top_p = float(top_p)
-        self.max_new_tokens = int(max_new_tokens)
+        self.max_new_tokens = None if max_new_tokens is None else int(max_new_tokens)
+        self.max_total_tokens = None if max_total_tokens is None else int(max_total_tokens)
+        self.stop_token_ids = [int(i) for i in stop_token_ids]
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.source = str(source)
@@ -166,7 +192,7 @@ class VLLMGenerator:
             "tensor_parallel_size": int(tensor_parallel_size),
             "gpu_memory_utilization": float(gpu_memory_utilization),
             "dtype": dtype,
-            "max_model_len": max_model_len,
+            "max_model_len": max_model_len if max_model_len is not None else self.max_total_tokens,
             "max_num_seqs": self.batch_size,
             "enforce_eager": bool(enforce_eager),
             "hf_overrides": _plain_dict(hf_overrides) or None,
@@ -194,14 +220,14 @@ class VLLMGenerator:
         problems: datasets.Dataset | list[dict[str, Any]],
         model: Any,
         tokenizer: Any,
-        prompt_suffix: str = "",
-        chat_template: bool = True,
+        prompt_format: PromptFormat | None = None,
         *,
         n: int | None = None,
         seed: int | None = None,
         temperature: float | None = None,
     ) -> datasets.Dataset:
         """As `HFGenerator.generate`; `model` is a checkpoint folder or a model saved in one."""
+        prompt_format = PromptFormat.coerce(prompt_format)
         n = self.n if n is None else int(n)
         seed = self.seed if seed is None else int(seed)
         temperature = self.temperature if temperature is None else float(temperature)
@@ -218,17 +244,19 @@ class VLLMGenerator:
         llm = self._engine(path)
 
         order = [(row, s) for row in range(len(problems)) for s in range(n)]
-        ids = prompt_token_ids(list(problems["prompt"]), tokenizer, prompt_suffix, chat_template)
+        ids = prompt_token_ids(list(problems["prompt"]), tokenizer, prompt_format)
         model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        stops = stop_token_ids(tokenizer, model_eos, self.extra_stop_tokens)
+        stops = stop_token_ids(tokenizer, model_eos, self.extra_stop_tokens, self.stop_token_ids)
         prompt_ids = list(problems["prompt_id"])
+        limit = self.max_total_tokens or _engine_max_model_len(llm)
+        budgets = response_budgets([len(i) for i in ids], self.max_new_tokens, limit, prompt_ids)
         greedy = temperature == 0
         params = [
             vllm.SamplingParams(
                 n=1,
                 temperature=temperature,
                 top_p=1.0 if greedy else self.top_p,
-                max_tokens=self.max_new_tokens,
+                max_tokens=budgets[row],
                 seed=None if greedy else sample_seed(seed, prompt_ids[row], s),
                 stop_token_ids=stops,
                 detokenize=False,

@@ -24,7 +24,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import AutoConfig, PreTrainedModel
 
-from reasonft.data.prompts import IGNORE_INDEX, build_prompt, encode_example
+from reasonft.data.prompts import IGNORE_INDEX, PromptFormat
 from reasonft.data.toy.problems import Problem
 from reasonft.data.toy.teachers import TEACHER_STYLES
 from reasonft.data.toy.world import GENERATOR_VERSION, ToyWorld
@@ -34,7 +34,7 @@ from reasonft.models.tokenizer import save_tokenizer, train_tokenizer
 from reasonft.scoring.logprobs import token_logprobs
 
 # Bump when the build procedure changes, so that old cached students are not reused.
-BUILD_VERSION = 2
+BUILD_VERSION = 3  # 3: responses end with the prompt format's terminator
 BUILD_REPORT = "toy_build.json"
 DEFAULT_STYLE_MIX = {"terse": 0.6, "numbered": 0.3, "verbose": 0.1}
 
@@ -170,7 +170,8 @@ class ToyStudentBuilder:
         steps, lr, batch_size: the brief pre-training (plain AdamW loop).
         n_pretrain: problems the pre-training cycles over (never a test problem).
         style_mix: teacher name -> share of pre-training responses in that teacher's style.
-        prompt_suffix, chat_template: how prompts are built (must match the data config).
+        prompt_format: how prompts are built and responses end (`PromptFormat` or a mapping of
+            its fields; conf/model/toy.yaml takes them from the data config).
         max_length: the model's max_position_embeddings.
         seed: weights init and data order.
         num_threads: torch threads while training (restored afterwards; None keeps the
@@ -194,8 +195,7 @@ class ToyStudentBuilder:
         batch_size: int = 32,
         n_pretrain: int = 10000,
         style_mix: Mapping[str, float] | None = None,
-        prompt_suffix: str = "",
-        chat_template: bool = True,
+        prompt_format: PromptFormat | Mapping[str, Any] | None = None,
         max_length: int = 512,
         seed: int = 0,
         num_threads: int | None = 1,
@@ -225,8 +225,7 @@ class ToyStudentBuilder:
         self.n_pretrain = int(n_pretrain)
         total = sum(mix.values())
         self.style_mix = {name: round(float(mix[name]) / total, 12) for name in sorted(mix)}
-        self.prompt_suffix = str(prompt_suffix)
-        self.chat_template = bool(chat_template)
+        self.prompt_format = PromptFormat.coerce(prompt_format)
         self.max_length = int(max_length)
         self.seed = int(seed)
         self.num_threads = None if num_threads is None else int(num_threads)
@@ -249,8 +248,7 @@ class ToyStudentBuilder:
             "batch_size": self.batch_size,
             "n_pretrain": self.n_pretrain,
             "style_mix": self.style_mix,
-            "prompt_suffix": self.prompt_suffix,
-            "chat_template": self.chat_template,
+            "prompt_format": self.prompt_format.as_dict(),
             "max_length": self.max_length,
             "seed": self.seed,
             # the thread count changes the floating-point reduction order, hence the weights
@@ -287,12 +285,12 @@ class ToyStudentBuilder:
         return [(problem, rng.choices(names, weights)[0]) for problem in problems]
 
     def pretraining_examples(self, tokenizer: Any) -> list[dict[str, list[int]]]:
-        """The pairs tokenised as every stage tokenises (prompt masked, eos appended)."""
+        """The pairs tokenised as every stage tokenises (prompt masked, the response terminator
+        appended)."""
         examples = []
         for problem, teacher in self.pretraining_pairs():
             response = self.world.solve(problem, teacher).response
-            prompt = build_prompt(problem.text, tokenizer, self.prompt_suffix, self.chat_template)
-            example = encode_example(prompt, response, tokenizer)
+            example = self.prompt_format.encode(problem.text, response, tokenizer)
             if len(example["input_ids"]) > self.max_length:
                 raise ValueError(
                     f"toy pre-training example {problem.prompt_id} has {len(example['input_ids'])} "
@@ -306,7 +304,10 @@ class ToyStudentBuilder:
         examples = self.pretraining_examples(tokenizer)
         model = random_student(self.model_config(tokenizer), dtype="float32", seed=self.seed)
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        # The student ends a response with the terminator it was trained on (`<|im_end|>` under
+        # the chat template): that ends generation, as EOS does.
+        ends = {tokenizer.eos_token_id, self.prompt_format.terminator_ids(tokenizer)[0]}
+        model.generation_config.eos_token_id = sorted(ends) if len(ends) > 1 else tokenizer.eos_token_id
         with torch_threads(self.num_threads):
             self.last_losses = train_plain(
                 model,

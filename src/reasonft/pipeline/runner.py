@@ -20,6 +20,7 @@ from typing import Any
 import datasets
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from reasonft.data.prompts import PromptFormat
 from reasonft.data.records import ANSWER_ALTERNATIVES
 from reasonft.io import read_records, write_json, write_records
 from reasonft.pipeline.artifacts import Artifact, ArtifactStore, content_key
@@ -57,7 +58,7 @@ class Pipeline:
     def __init__(self, cfg: DictConfig, wandb_run: Any = None) -> None:
         self.cfg = cfg
         # Plain, resolved values: what keys hash and what stages read.
-        self.config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+        self.config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[assignment]
         self.parts: Components = start(cfg)
         self.plan = self.parts.plan
         self.wandb_run = wandb_run
@@ -202,9 +203,9 @@ class Pipeline:
         model.eval()
         return model, tok
 
-    def _prompting(self) -> dict[str, Any]:
-        data = self.config["data"]
-        return {"prompt_suffix": data["prompt_suffix"], "chat_template": data["chat_template"]}
+    @cached_property
+    def prompt_format(self) -> PromptFormat:
+        return PromptFormat.from_config(self.cfg.data)
 
     # -- generate: the base student's own samples on the training prompts ------------------------
     @cached_property
@@ -212,7 +213,9 @@ class Pipeline:
         def produce(tmp: Path) -> dict[str, Any]:
             model, tok = self.base_model
             problems = self.parts.source.problems("train")
-            samples = self.parts.generator.generate(problems, model, tok, **self._prompting())
+            samples = self.parts.generator.generate(
+                problems, model, tok, prompt_format=self.prompt_format
+            )
             if not len(samples):
                 raise RuntimeError("generate: no sample was produced (no training problem?)")
             write_records(samples, tmp / RECORDS)
@@ -316,7 +319,8 @@ class Pipeline:
             model, tok = self.load_model(model_path)
             model.eval()
             return self.parts.evaluator.evaluate(
-                model, tok, tmp, data_source=self.parts.source, tag=tag, **self._prompting()
+                model, tok, tmp, data_source=self.parts.source, tag=tag,
+                prompt_format=self.prompt_format,
             )
 
         return self._build(f"evaluate:{tag}", produce).meta()["summary"]

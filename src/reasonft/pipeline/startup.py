@@ -14,6 +14,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
+from reasonft.data.prompts import PromptFormat
 from reasonft.data.records import SCORE_COLUMNS
 from reasonft.pipeline.plan import Plan, make_plan
 from reasonft.selection.teacher_rank import TeacherRanker
@@ -37,10 +38,10 @@ class Components:
     evaluator: Any = None
 
 
-def build(key: str, node: Any) -> Any:
-    """`instantiate(node)`, an error naming the config key when it fails."""
+def build(key: str, node: Any, **kwargs: Any) -> Any:
+    """`instantiate(node, **kwargs)`, an error naming the config key when it fails."""
     try:
-        return instantiate(node)
+        return instantiate(node, **kwargs)
     except InstantiationException as err:
         raise ValueError(f"{key}: {err}") from err
     except (TypeError, ValueError) as err:
@@ -122,7 +123,8 @@ def start(cfg: DictConfig) -> Components:
 
 def _scorer_for(cfg: DictConfig, plan: Plan) -> Any:
     """The configured scorer, widened to produce every score column the selector reads."""
-    scorer = build("score", cfg.score)
+    prompt_format = PromptFormat.from_config(cfg.data).as_dict()
+    scorer = build("score", cfg.score, prompt_format=prompt_format)
     if not set(plan.score_columns) <= scorer.produces:
         scorer = scorer.with_columns(plan.score_columns)
     return scorer

@@ -36,8 +36,8 @@ def score(
 ) -> Any:
     """Add n_tokens, ppl, galp, lalp, step_logps, score_conditioning to `records`.
 
-    Extra keyword arguments go to `Scorer` (chunk_tokens, prompt_suffix, chat_template,
-    window_rounding, progress).
+    Extra keyword arguments go to `Scorer` (chunk_tokens, prompt_format, window_rounding,
+    progress).
     """
     scorer = Scorer(
         method=method,

@@ -1,8 +1,8 @@
 """`Scorer`: add n_tokens, ppl, galp, lalp, step_logps and score_conditioning to records.
 
 What is scored: the response text tokens (the ids `encode_example` gives the response, without
-the eos it appends for training), each predicted from the prompt (`condition_on_prompt=True`,
-the prompt being `build_prompt(record["prompt"], tokenizer, prompt_suffix, chat_template)`) or
+the terminator training appends), each predicted from the prompt (`condition_on_prompt=True`,
+the prompt being `prompt_format.prompt_text(record["prompt"], tokenizer)`) or
 from the response alone (`False`, the official OXA choice). Without a prompt the first token has
 no context and is not scored, exactly as a causal LM's `labels=` loss on the response alone.
 `n_tokens` is the number of response tokens (scored or not).
@@ -44,7 +44,7 @@ from rich.progress import (
 from rich.text import Text
 from transformers import DynamicCache
 
-from reasonft.data.prompts import build_prompt
+from reasonft.data.prompts import PromptFormat
 from reasonft.data.records import SCORE_COLUMNS, as_dataset, require_columns
 from reasonft.scoring import scores
 from reasonft.scoring.batching import length_sorted_batches, pad_right
@@ -158,7 +158,7 @@ class Scorer:
         condition_on_prompt: score given the prompt (True) or the response text alone (False).
         batch_tokens: most padded tokens per forward pass.
         chunk_tokens: rows projected to the vocabulary at a time.
-        prompt_suffix, chat_template: how the prompt text is built (`data.prompts.build_prompt`).
+        prompt_format: how the prompt text is built (`PromptFormat.from_config(cfg.data)`).
         window_rounding: "ceil" or "floor" for fractional windows (see `scoring.lalp`).
         max_length: most prompt + response tokens scored; None = the model's
             `max_position_embeddings`.
@@ -174,8 +174,7 @@ class Scorer:
         condition_on_prompt: bool = True,
         batch_tokens: int = 16384,
         chunk_tokens: int = 1024,
-        prompt_suffix: str = "",
-        chat_template: bool = True,
+        prompt_format: PromptFormat | None = None,
         window_rounding: str = "ceil",
         max_length: int | None = None,
         overlength: str = "truncate",
@@ -202,10 +201,9 @@ class Scorer:
         self.condition_on_prompt = bool(condition_on_prompt)
         self.batch_tokens = batch_tokens
         self.chunk_tokens = chunk_tokens
-        self.prompt_suffix = prompt_suffix
-        self.chat_template = chat_template
         self.max_length = None if max_length is None else int(max_length)
         self.overlength = overlength
+        self.prompt_format = PromptFormat.coerce(prompt_format)
         self.progress = progress
         self.report: dict[str, Any] = {}
 
@@ -286,8 +284,7 @@ class Scorer:
         enc = tokenizer(responses, add_special_tokens=False, return_offsets_mapping=True)
         if self.condition_on_prompt:
             texts = [
-                build_prompt(r["prompt"], tokenizer, self.prompt_suffix, self.chat_template)
-                for r in records
+                self.prompt_format.prompt_text(r["prompt"], tokenizer) for r in records
             ]
             prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
         else:

@@ -7,20 +7,16 @@ from typing import Any
 
 import torch
 
-from reasonft.data.prompts import IGNORE_INDEX, build_prompt, encode_example
+from reasonft.data.prompts import IGNORE_INDEX, PromptFormat
 from reasonft.data.records import LOSS_TYPES
 
 
 def encode_record(
-    problem: str,
-    response: str,
-    tokenizer: Any,
-    prompt_suffix: str = "",
-    chat_template: bool = True,
+    problem: str, response: str, tokenizer: Any, prompt_format: PromptFormat | None = None
 ) -> dict[str, Any]:
-    """`{input_ids, labels, prompt_len}` of one record: the prompt the model sees + its response."""
-    prompt_text = build_prompt(problem, tokenizer, prompt_suffix, chat_template)
-    return encode_example(prompt_text, response, tokenizer)
+    """`{input_ids, labels, prompt_len}` of one record: the prompt the model sees, its response
+    and the format's response terminator (`<|im_end|>\\n` under a Qwen chat template, else EOS)."""
+    return PromptFormat.coerce(prompt_format).encode(problem, response, tokenizer)
 
 
 class Collator:

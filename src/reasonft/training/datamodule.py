@@ -16,7 +16,7 @@ import datasets
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from reasonft.data.prompts import IGNORE_INDEX
+from reasonft.data.prompts import IGNORE_INDEX, PromptFormat
 from reasonft.data.records import LOSS_TYPES, as_dataset, require_columns
 from reasonft.training.collate import Collator, encode_record
 from reasonft.training.sampler import MixedBatchSampler
@@ -35,8 +35,7 @@ def _encode_batch(
     batch: dict[str, list[Any]],
     indices: list[int],
     tokenizer: Any,
-    prompt_suffix: str,
-    chat_template: bool,
+    prompt_format: PromptFormat,
     max_length: int,
     overlength: str,
     loss_types: tuple[str, ...],
@@ -62,7 +61,7 @@ def _encode_batch(
         if loss_type not in loss_types:
             status = "dropped_no_loss_term"
         else:
-            ex = encode_record(problem, response, tokenizer, prompt_suffix, chat_template)
+            ex = encode_record(problem, response, tokenizer, prompt_format)
             ids, labels, status = ex["input_ids"], ex["labels"], "ok"
             if len(ids) > max_length:
                 if overlength == "drop":
@@ -92,8 +91,7 @@ class RecordsDataModule(pl.LightningDataModule):
         self,
         records: datasets.Dataset | list[dict[str, Any]],
         tokenizer: Any,
-        prompt_suffix: str = "",
-        chat_template: bool = True,
+        prompt_format: PromptFormat | None = None,
         max_length: int = 512,
         overlength: str = "drop",
         micro_batch_size: int = 1,
@@ -119,8 +117,7 @@ class RecordsDataModule(pl.LightningDataModule):
             raise ValueError("datamodule: loss_types is empty; pass LossComposition.loss_types")
         self.records = as_dataset(records)
         self.tokenizer = tokenizer
-        self.prompt_suffix = prompt_suffix
-        self.chat_template = chat_template
+        self.prompt_format = PromptFormat.coerce(prompt_format)
         self.max_length = max_length
         self.overlength = overlength
         self.micro_batch_size = micro_batch_size
@@ -154,8 +151,7 @@ class RecordsDataModule(pl.LightningDataModule):
             with_indices=True,
             fn_kwargs={
                 "tokenizer": self.tokenizer,
-                "prompt_suffix": self.prompt_suffix,
-                "chat_template": self.chat_template,
+                "prompt_format": self.prompt_format,
                 "max_length": self.max_length,
                 "overlength": self.overlength,
                 "loss_types": self.loss_types,

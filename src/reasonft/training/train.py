@@ -6,8 +6,9 @@ Config keys read (all others are ignored; the whole resolved config is logged as
 - `train.optimizer`: a partial (`_target_` + `_partial_: true`) called with the parameter groups;
   `train.scheduler`: a partial called with `(optimizer, total_steps=...)`, or null (constant lr).
 - `train.{chunk_tokens, gradient_checkpointing}`: module.
-- `train.{prompt_suffix, chat_template, max_length, overlength, micro_batch_size, ce_per_step,
-  ul_per_step, epoch_end, seed, num_workers, group_by_length, packing}`: data.
+- `data.{prompt_suffix, chat_template, system_prompt, response_end}`: the prompt format.
+- `train.{max_length, overlength, micro_batch_size, ce_per_step, ul_per_step, epoch_end, seed,
+  num_workers, group_by_length, packing}`: data.
 - `train.ckpt_path`: passed to `Trainer.fit` (`last`, a path, or null).
 - `trainer`: a `pytorch_lightning.Trainer` node, instantiated with `strategy`, `logger` and
   `callbacks` built from the groups below; `accumulate_grad_batches` is derived as
@@ -33,6 +34,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.strategies import Strategy
 from transformers import PreTrainedTokenizerFast
 
+from reasonft.data.prompts import PromptFormat
 from reasonft.io import atomic_path, write_json
 from reasonft.models.tokenizer import save_tokenizer
 from reasonft.training.datamodule import RecordsDataModule
@@ -138,7 +140,7 @@ def check_train_config(cfg: DictConfig, loss: LossComposition) -> None:
         build_trainer(quiet, ul_share(loss, cfg.train))
     except (TypeError, ValueError) as err:
         raise type(err)(f"trainer/train: {err}") from err
-    except Exception as err:  # noqa: BLE001 - Lightning's MisconfigurationException and kin
+    except Exception as err:
         raise ValueError(f"trainer: {err}") from err
 
 
@@ -173,8 +175,7 @@ def train_student(
     datamodule = RecordsDataModule(
         records,
         tokenizer,
-        prompt_suffix=train.prompt_suffix,
-        chat_template=train.chat_template,
+        prompt_format=PromptFormat.from_config(cfg.get("data") or {}),
         max_length=train.max_length,
         overlength=train.overlength,
         micro_batch_size=train.micro_batch_size,
@@ -195,7 +196,7 @@ def train_student(
         chunk_tokens=train.chunk_tokens,
         gradient_checkpointing=train.gradient_checkpointing,
     )
-    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
     trainer.fit(module, datamodule=datamodule, ckpt_path=train.ckpt_path)

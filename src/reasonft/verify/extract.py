@@ -1,4 +1,4 @@
-"""Read the final answer out of a response (METHODS.md §3).
+"""Read the final answer out of a response (METHODS.md §3), by this project's rule or the official one.
 
 The answer is the content of the last `\\boxed{...}` in the text after the last `</think>`
 (the whole response when there is no `</think>`). Braces nest (`\\boxed{\\frac{1}{2}}`); escaped
@@ -6,6 +6,10 @@ braces `\\{ \\}` are literal text and do not count. Also read, because models wr
 `\\fbox{...}` and the brace-less `\\boxed 5` (the answer then runs to the next space or `$`, as
 in the MATH dataset's reference code). A last box that never closes (a truncated response)
 gives no answer rather than an earlier box.
+
+`last_boxed_official` reads a box as DeepScaleR's grader does (the official OXA evaluation,
+`verify.official`): the last `\\boxed` in the text, its braces counted as written (escaped
+ones too), and only the `\\boxed{...}` form.
 """
 
 from __future__ import annotations
@@ -65,4 +69,23 @@ def _matching_brace(text: str, open_pos: int) -> int | None:
             if depth == 0:
                 return i
         i += 1
+    return None
+
+
+def last_boxed_official(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` as DeepScaleR reads it; None when the last `\\boxed`
+    is not followed directly by `{` or its braces never balance."""
+    start = text.rfind("\\boxed")
+    if start < 0:
+        return None
+    depth = 0
+    for end in range(start, len(text)):
+        if text[end] == "{":
+            depth += 1
+        elif text[end] == "}":
+            depth -= 1
+            if depth == 0:
+                box = text[start : end + 1]
+                opening = "\\boxed{"
+                return box[len(opening) : -1] if box.startswith(opening) else None
     return None

@@ -20,10 +20,12 @@ import importlib
 import logging
 import math
 import multiprocessing as mp
+import signal
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -46,9 +48,16 @@ from reasonft.data.records import (
     require_columns,
 )
 from reasonft.verify.extract import extract_answer
+from reasonft.verify.official import official_extract
 
-STATUSES = ("correct", "incorrect", "no_answer", "timeout", "error")
+# "no_think": the official rule (answer_rule=official) found no `</think>` in the response.
+STATUSES = ("correct", "incorrect", "no_answer", "no_think", "timeout", "error")
 DEFAULT_VERIFY_FN = "reasonft.verify.verifier.math_equal"
+OFFICIAL_VERIFY_FN = "reasonft.verify.official.official_equal"
+# How the answer is read out of a response: this project's rule (the last box after the last
+# `</think>`, the whole response without one) or the official OXA evaluation's (reasonft.verify.official).
+ANSWER_RULES = ("last_think", "official")
+GRADERS = ("math_verify", "official")
 _STARTUP_LIMIT_S = 120.0
 _KEPT_EXAMPLES = 10
 
@@ -84,6 +93,14 @@ def _parse_answer(text: str, timeout_s: int | None) -> tuple[Any, ...]:
     return tuple(parsed)
 
 
+def read_answer(response: str, answer_rule: str) -> tuple[str | None, str]:
+    """(answer, status) by `answer_rule`: status "ok", "no_answer" or (official) "no_think"."""
+    if answer_rule == "official":
+        return official_extract(response)
+    answer = extract_answer(response)
+    return (None, "no_answer") if answer is None else (answer, "ok")
+
+
 def math_equal(pred: str, gold: str, timeout_s: int | None = None) -> bool:
     """Whether the answer `pred` equals `gold` for math-verify (both answer strings, not responses).
 
@@ -104,21 +121,60 @@ def math_equal(pred: str, gold: str, timeout_s: int | None = None) -> bool:
     return bool(verify(list(gold_parsed), list(pred_parsed), timeout_seconds=timeout_s))
 
 
-def is_correct(response: str, gold: str, timeout: float = 5.0) -> bool:
-    """One response, in this process: its last boxed answer after `</think>` equals `gold`.
+def is_correct(response: str, gold: str, timeout: float = 5.0, grader: str = "math_verify") -> bool:
+    """One response, in this process, as the verify stage would mark it.
 
-    The time limit is math-verify's (whole seconds per parse/compare call, rounded up); it works
-    in the main thread only, so from another thread the check runs without a limit — use the
-    Verifier for many responses or untrusted inputs.
+    grader="math_verify" (the default): the last boxed answer after the last `</think>` (the
+    whole response without one) equals `gold` for math-verify. grader="official": the official
+    OXA evaluation's rule (`reasonft.verify.official`): no `</think>` is wrong, the answer is the
+    last `\\boxed{}` between the first `</think>` and the next, compared by MATH normalisation
+    then sympy.
+
+    The time limit works in the main thread only (SIGALRM), so from another thread the check
+    runs without one — use the Verifier for many responses or untrusted inputs.
     """
+    if grader not in GRADERS:
+        raise ValueError(f"is_correct(grader={grader!r}): choose one of {list(GRADERS)}")
+    in_main = threading.current_thread() is threading.main_thread()
+    if grader == "official":
+        from reasonft.verify.official import official_verdict
+
+        try:
+            with _alarm(timeout if in_main else None):
+                return official_verdict(response, gold)
+        except _Expired:
+            return False
     pred = extract_answer(response)
     if pred is None or not gold.strip():
         return False
-    in_main = threading.current_thread() is threading.main_thread()
     try:
         return math_equal(pred, gold, timeout_s=max(1, math.ceil(timeout)) if in_main else None)
     except GoldAnswerError:
         return False
+
+
+class _Expired(BaseException):
+    """The time limit of `is_correct`; a BaseException, so that the grader's own `except
+    Exception` (sympy failures count as unequal) cannot swallow it and run on unlimited."""
+
+
+@contextmanager
+def _alarm(seconds: float | None) -> Iterator[None]:
+    """Raise _Expired in the main thread after `seconds` (None: no limit)."""
+    if seconds is None:
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise _Expired(f"no verdict within {seconds:g}s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def import_object(path: str) -> Any:
@@ -140,6 +196,7 @@ def import_object(path: str) -> Any:
 def _worker_main(conn: Connection, verify_fn: str) -> None:
     """Loop: receive (index, pred, gold), send (index, status, message); None ends it."""
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # timeouts are ours, not its
+    logging.getLogger("pylatexenc").setLevel(logging.ERROR)  # the official grader's LaTeX reader
     fn = import_object(verify_fn)
     try:  # first call pays one-off costs (regex compilation, lazy imports) before any deadline
         fn("1", "1")
@@ -290,7 +347,12 @@ class Verifier:
         timeout: seconds one comparison may take (wall clock, enforced by killing the worker).
         workers: worker processes.
         verify_fn: dotted path of `fn(pred, gold) -> bool` comparing two answer strings
-            (default: math-verify); raising counts as status "error".
+            (default: math-verify; `reasonft.verify.official.official_equal` for the official
+            grader); raising counts as status "error".
+        answer_rule: how the answer is read: "last_think" (the last box after the last
+            `</think>`, the whole response without one) or "official" (no `</think>` ->
+            status "no_think", incorrect; the last `\\boxed{}` between the first `</think>` and
+            the next).
         start_method: "forkserver" (default, see the module doc), "spawn" or "fork".
         show_progress: draw a rich progress bar.
     """
@@ -302,6 +364,7 @@ class Verifier:
         verify_fn: str = DEFAULT_VERIFY_FN,
         start_method: str = "forkserver",
         show_progress: bool = True,
+        answer_rule: str = "last_think",
     ) -> None:
         if not timeout > 0:
             raise ValueError(f"verify.timeout={timeout}: must be > 0 seconds")
@@ -311,12 +374,29 @@ class Verifier:
             raise ValueError(
                 f"verify.start_method={start_method!r}: choose from {mp.get_all_start_methods()}"
             )
+        if answer_rule not in ANSWER_RULES:
+            raise ValueError(
+                f"verify.answer_rule={answer_rule!r}: choose one of {list(ANSWER_RULES)} "
+                "(verify=official selects the official rule and comparison together)"
+            )
         import_object(verify_fn)  # fail now, not in a worker
+        if verify_fn == OFFICIAL_VERIFY_FN:
+            _require_official_dependencies()
+        self.answer_rule = answer_rule
         self.timeout = float(timeout)
         self.workers = int(workers)
         self.verify_fn = verify_fn
         self.start_method = start_method
         self.show_progress = show_progress
+
+    @property
+    def grader(self) -> str:
+        """A short name for reports: "math_verify", "official", or the custom verify_fn."""
+        if self.verify_fn == DEFAULT_VERIFY_FN and self.answer_rule == "last_think":
+            return "math_verify"
+        if self.verify_fn == OFFICIAL_VERIFY_FN and self.answer_rule == "official":
+            return "official"
+        return f"{self.verify_fn}[{self.answer_rule}]"
 
     def __call__(
         self, records: datasets.Dataset | list[dict[str, Any]]
@@ -334,12 +414,15 @@ class Verifier:
         notes: dict[int, str] = {}
         to_compare: list[int] = []
         for index, (response, gold) in enumerate(_pairs(ds)):
-            pred = extract_answer(response) if isinstance(response, str) else None
+            pred, found = (
+                read_answer(response, self.answer_rule) if isinstance(response, str)
+                else (None, "no_answer")
+            )
             preds[index] = pred or ""
             gold = "" if gold is None else str(gold).strip()
             golds[index] = gold
             if pred is None:
-                statuses[index] = "no_answer"
+                statuses[index] = found
             elif not gold:
                 statuses[index], notes[index] = "error", "empty gold answer"
             else:
@@ -423,8 +506,21 @@ class Verifier:
             "timeout_s": self.timeout,
             "workers": self.workers,
             "verify_fn": self.verify_fn,
+            "answer_rule": self.answer_rule,
+            "grader": self.grader,
             "seconds": round(seconds, 3),
         }
+
+
+def _require_official_dependencies() -> None:
+    """The official grader reads LaTeX with pylatexenc: fail at start-up when it is missing."""
+    try:
+        importlib.import_module("pylatexenc.latex2text")
+    except ImportError:
+        raise ImportError(
+            "verify=official (verify.verify_fn=reasonft.verify.official.official_equal) needs "
+            "pylatexenc: `pip install pylatexenc` (a dependency of reasonft), or use verify=default"
+        ) from None
 
 
 def _forms(gold: str, alternatives: list[str] | None) -> list[str]:
