@@ -239,7 +239,10 @@ class LeapTeacher(Teacher):
         pairs = [calculations[i : i + 2] for i in range(0, len(calculations), 2)]
         last = len(pairs) - 1
         for i, pair in enumerate(pairs):
-            lead = "So" if last == 0 else ("First" if i == 0 else ("Finally" if i == last else "Next"))
+            if last == 0:
+                lead = "So"
+            else:
+                lead = "First" if i == 0 else ("Finally" if i == last else "Next")
             clause = VerboseTeacher._clause(pair[0])
             if len(pair) == 2:
                 clause += " and " + self._ALSO[pair[1].op].format(r=pair[1].right)
