@@ -1,8 +1,7 @@
-"""Evaluation end to end: files, Pass@1/Pass@k against the saved samples, configs, callback."""
+"""Evaluation end to end: files, Pass@1/Pass@k against the saved samples, configs."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import statistics
@@ -10,16 +9,14 @@ from pathlib import Path
 
 import datasets
 import pytest
-import pytorch_lightning as pl
-import torch
 from conftest import BENCHMARKS, needs_shared
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from pytorch_lightning.loggers import CSVLogger
 
 from reasonft.config import CONF_DIR
-from reasonft.evaluation.callback import EvaluationCallback
-from reasonft.evaluation.evaluate import Evaluator, benchmark_metrics
+from reasonft.evaluation.evaluate import Evaluator
+from reasonft.evaluation.metrics import benchmark_metrics
 from reasonft.evaluation.passk import pass_at_k
 from reasonft.generation.hf import HFGenerator
 from reasonft.io import read_records
@@ -334,7 +331,7 @@ def test_toy_eval_config_instantiates(tmp_path):
     assert isinstance(evaluator, Evaluator) and isinstance(evaluator.generator, HFGenerator)
     assert (evaluator.generator.temperature, evaluator.generator.top_p) == (0.6, 0.95)
     assert [(b.name, b.n_samples, b.temperature, b.limit) for b in evaluator.benchmarks] == [
-        ("toy_test_greedy", 1, 0, None), ("toy_test", 8, None, 100)
+        ("toy_test_greedy", 1, 0, None), ("toy_test", 8, None, 50)
     ]
     assert evaluator.benchmarks[0].split == "test" and evaluator.ks == [1, 2, 4, 8]
     dropped = instantiate(_compose(tmp_path, "toy", ["eval.benchmarks.toy_test_greedy=null"]).eval)
@@ -343,52 +340,3 @@ def test_toy_eval_config_instantiates(tmp_path):
     vllm_cfg = _compose(tmp_path, "toy", ["generate@eval.generator=vllm"])
     assert vllm_cfg.eval.generator._target_ == "reasonft.generation.vllm.VLLMGenerator"
     assert vllm_cfg.eval.generator.temperature == 0.6
-
-
-# -- the callback --------------------------------------------------------------------------------
-
-
-class TinyModule(pl.LightningModule):
-    def __init__(self, model, tokenizer):
-        super().__init__()
-        self.model = model
-        self.tokenizer = tokenizer
-        self.frozen = torch.nn.Dropout(0.5).eval()  # kept in eval mode on purpose
-        self.modes: list[tuple[bool, bool]] = []
-
-    def training_step(self, batch, batch_idx):
-        self.modes.append((self.model.training, self.frozen.training))
-        return self.model(input_ids=batch, labels=batch).loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-    def train_dataloader(self):
-        ids = torch.randint(3, 100, (12, 8), generator=torch.Generator().manual_seed(0))
-        return torch.utils.data.DataLoader(ids, batch_size=2)
-
-
-def test_callback_fires_every_n_steps_and_restores_train_mode(tiny_model, tiny_tokenizer, tmp_path):
-    evaluator = Evaluator(
-        benchmarks=[{"name": "toy", "split": "test", "n_samples": 8}], generator=ScriptedGenerator(tiny_tokenizer),
-        ks=[1, 2, 4], verifier=ExactVerifier(), progress=False,
-    )
-    callback = EvaluationCallback(
-        evaluator, every_n_steps=2, at_train_end=True, n_samples=3, limit=2, out_dir=str(tmp_path / "evals"),
-        data_source=FakeSource(),
-    )
-    module = TinyModule(copy.deepcopy(tiny_model).train(), tiny_tokenizer)
-    logger = CSVLogger(tmp_path / "logs", name="fit")
-    trainer = pl.Trainer(
-        max_steps=5, accelerator="cpu", devices=1, logger=logger, callbacks=[callback],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        log_every_n_steps=1,
-    )
-    trainer.fit(module)
-    assert callback.evaluated_steps == [2, 4, 5]
-    assert module.modes == [(True, False)] * 5
-    assert sorted(p.name for p in (tmp_path / "evals").iterdir()) == ["step_0000002", "step_0000004", "step_0000005"]
-    results = json.loads((tmp_path / "evals" / "step_0000004" / "eval_results.json").read_text())
-    assert results["benchmarks"]["toy"]["samples_per_problem"] == 3 and results["benchmarks"]["toy"]["problems"] == 2
-    header = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()[0]
-    assert "eval/train/toy/pass@1" in header and "eval/train/average/pass@2" in header

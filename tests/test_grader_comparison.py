@@ -7,7 +7,8 @@ import json
 import datasets
 import pytest
 
-from reasonft.evaluation.evaluate import Evaluator, markdown_table
+from reasonft.evaluation.evaluate import Evaluator
+from reasonft.evaluation.tables import markdown_table
 from reasonft.verify.verifier import OFFICIAL_VERIFY_FN, Verifier
 
 PROBLEMS = [

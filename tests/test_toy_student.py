@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from pathlib import Path
@@ -11,9 +12,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reasonft.data.prompts import PromptFormat, build_prompt
+from reasonft.data.prompts import IGNORE_INDEX, PromptFormat, build_prompt
 from reasonft.data.toy import ToyWorld
 from reasonft.models import toy
 from reasonft.models.loading import load_student, load_tokenizer
@@ -129,8 +131,82 @@ def test_settings_change_the_cache_folder():
     assert tiny_builder().folder_name() == base.folder_name()
     assert tiny_builder(style_mix={"terse": 1.0}).folder_name() != base.folder_name()
     assert tiny_builder(num_threads=2).folder_name() != base.folder_name()
+    assert tiny_builder(final_lr_ratio=0.0).folder_name() != base.folder_name()
+    everything = tiny_builder(pretrain_operators=["+", "-", "*", "/"])
+    assert everything.folder_name() != base.folder_name()
+    # the operators are a set: their order does not matter
+    assert tiny_builder(pretrain_operators=["/", "+", "-"]).folder_name() == base.folder_name()
     moved_world = ToyStudentBuilder(ToyWorld(seed=3, n_train=60, n_test=20), **TINY)
     assert moved_world.folder_name() != base.folder_name()
+
+
+def test_the_floating_point_path_is_in_the_cache_key(monkeypatch):
+    """Another CPU kernel family or torch release computes other weights: another folder."""
+    here = tiny_builder().folder_name()
+    assert tiny_builder().settings()["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "NO-SUCH-KERNELS")
+    elsewhere = tiny_builder()
+    assert elsewhere.settings()["cpu_capability"] == "NO-SUCH-KERNELS"
+    assert elsewhere.folder_name() != here
+    monkeypatch.undo()
+    monkeypatch.setattr(torch, "__version__", "0.0.0-other")
+    assert tiny_builder().folder_name() != here
+
+
+def test_pretraining_never_shows_the_held_out_operator():
+    builder = tiny_builder(n_pretrain=400)
+    assert builder.pretrain_operators == ("+", "-", "/")
+    pairs = builder.pretraining_pairs()
+    assert len(pairs) == 400
+    for problem, teacher in pairs:
+        response = builder.world.solve(problem, teacher).response
+        assert "*" not in problem.text and "times" not in problem.text, problem.text
+        assert "*" not in response and "multiply" not in response, response
+    assert {o.op for p, _ in pairs for o in p.operations} == {"+", "-", "/"}
+    full = tiny_builder(n_pretrain=400, pretrain_operators=["+", "-", "*", "/"])
+    assert any("*" in p.text for p, _ in full.pretraining_pairs())
+    # the world's test split still multiplies: the skill the base student lacks
+    assert any("*" in p.expression for p in builder.world.problem_list("test"))
+
+
+def reference_lr_factor(step: int, steps: int, warmup: int, final: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    if step == steps - 1:
+        return final
+    angle = math.pi * (step - warmup) / (steps - 1 - warmup)
+    return final + (1 - final) * (1 + math.cos(angle)) / 2
+
+
+def test_the_learning_rate_warms_up_then_decays_to_its_final_share(monkeypatch):
+    """The learning rates train_plain's optimiser really stepped with, against the formula."""
+    seen: list[float] = []
+
+    def linear_logprobs(model, ids, mask, target):
+        return model(ids.float()[..., None]).squeeze(-1), None
+
+    monkeypatch.setattr(toy, "token_logprobs", linear_logprobs)
+    hook = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: seen.append(optimizer.param_groups[0]["lr"])
+    )
+    try:
+        toy.train_plain(
+            torch.nn.Linear(1, 1),
+            [{"input_ids": [1, 2, 3], "labels": [IGNORE_INDEX, 2, 3]}],
+            steps=40,
+            lr=0.5,
+            batch_size=1,
+            pad_id=0,
+            seed=0,
+            warmup_ratio=0.1,
+            final_lr_ratio=0.02,
+        )
+    finally:
+        hook.remove()
+    expected = [0.5 * reference_lr_factor(k, 40, 4, 0.02) for k in range(40)]
+    assert seen == pytest.approx(expected, rel=1e-9)
+    assert seen[3] == pytest.approx(0.5) and seen[-1] == pytest.approx(0.01)
+    assert all(a >= b for a, b in itertools.pairwise(seen[3:]))
 
 
 @torch.no_grad()
@@ -165,6 +241,12 @@ def test_bad_builder_settings_raise():
         tiny_builder(hidden_size=30)
     with pytest.raises(TypeError, match="needs the toy world"):
         ToyStudentBuilder(world=42)
+    with pytest.raises(ValueError, match=r"model.build.pretrain_operators=\['\+', '\*'\]"):
+        tiny_builder(pretrain_operators=["+", "*"])
+    with pytest.raises(ValueError, match="model.build.pretrain_operators"):
+        tiny_builder(pretrain_operators=["+", "-", "^"])
+    with pytest.raises(ValueError, match="model.build.final_lr_ratio=1.5"):
+        tiny_builder(final_lr_ratio=1.5)
 
 
 def test_model_config_takes_the_world_from_the_data_config():

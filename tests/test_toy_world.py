@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import itertools
 import re
+from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 
@@ -214,6 +215,33 @@ def test_splits_are_disjoint_and_test_does_not_depend_on_n_train():
     other = ToyWorld(seed=1, n_train=50, n_test=200, min_ops=1, max_ops=2)
     assert other.problems("test").to_list() == world.problems("test").to_list()
     assert world.pretrain_problems(100) == pretrain[:100]
+
+
+def test_pretraining_without_an_operator_never_uses_it():
+    world = ToyWorld(seed=1, n_train=300, n_test=200)
+    test_expressions = {p.expression for p in world.problem_list("test")}
+    every = world.pretrain_problems(400)
+    no_times = world.pretrain_problems(2000, operators=("+", "-", "/"))
+    for problem in no_times:
+        assert "*" not in problem.expression and "times" not in problem.text
+        assert eval_expression(problem.expression) == problem.answer
+        assert problem.expression not in test_expressions
+        for calc in problem.calculations():
+            assert 0 <= calc.left <= 20 and 0 <= calc.result <= 20
+    # every other operator still shows up, at every difficulty
+    used = Counter(o.op for p in no_times for o in p.operations)
+    assert set(used) == {"+", "-", "/"} and min(used.values()) > 200
+    assert {p.difficulty for p in no_times} == {1, 2, 3}
+    # the full operator set is the world's one stream, unaffected by the restricted one
+    assert world.pretrain_problems(400) == every
+    assert world.pretrain_problems(400, operators=("+", "-", "*", "/")) == every
+    again = ToyWorld(seed=1, n_train=300, n_test=200)
+    assert again.pretrain_problems(300, operators=("/", "-", "+")) == no_times[:300]
+    assert any("*" in p.expression for p in every)
+    with pytest.raises(ValueError, match=r"include \+ and -"):
+        world.pretrain_problems(10, operators=("+", "*"))
+    with pytest.raises(ValueError, match="distinct operators"):
+        world.pretrain_problems(10, operators=("+", "-", "+"))
 
 
 def test_corpus_and_describe():

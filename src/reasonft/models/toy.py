@@ -1,11 +1,13 @@
 """Build the toy student: a tokenizer trained on the toy corpus and a tiny Qwen2 base model.
 
-The base student is the real Qwen2 architecture, trained briefly (plain torch loop — this is
+The base student is the real Qwen2 architecture, pre-trained (plain torch loop — this is
 world-building, not the product's training path) on teacher responses drawn with a style mix
-biased toward some teachers. So it finds some teachers more natural than others (lower PPL) and
-is still wrong often, leaving room for fine-tuning. The result is an ordinary checkpoint folder
-(config + weights + tokenizer), cached under a hash of every setting it depends on and loaded
-back through `AutoModelForCausalLM` / `AutoTokenizer` like any real checkpoint.
+biased toward some teachers, on problems without multiplication. So it finds some teachers more
+natural than others (lower PPL), and it is wrong on every problem that multiplies — a share
+fixed by the test split, not by how its training went on this machine — leaving fine-tuning a
+skill to teach. The result is an ordinary checkpoint folder (config + weights + tokenizer),
+cached under a hash of every setting it depends on (the floating-point path included) and
+loaded back through `AutoModelForCausalLM` / `AutoTokenizer` like any real checkpoint.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import AutoConfig, PreTrainedModel
 
 from reasonft.data.prompts import IGNORE_INDEX, PromptFormat
-from reasonft.data.toy.problems import Problem
+from reasonft.data.toy.problems import OPERATORS, Problem
 from reasonft.data.toy.teachers import TEACHER_STYLES
 from reasonft.data.toy.world import GENERATOR_VERSION, ToyWorld
 from reasonft.io import atomic_path, write_json
@@ -34,9 +36,20 @@ from reasonft.models.tokenizer import save_tokenizer, train_tokenizer
 from reasonft.scoring.logprobs import token_logprobs
 
 # Bump when the build procedure changes, so that old cached students are not reused.
-BUILD_VERSION = 3  # 3: responses end with the prompt format's terminator
+# 3: responses end with the prompt format's terminator; 4: pre-trained without
+# multiplication, 2,200 steps annealed to 2% lr, the FP path in the cache key.
+BUILD_VERSION = 4
 BUILD_REPORT = "toy_build.json"
 DEFAULT_STYLE_MIX = {"terse": 0.6, "numbered": 0.3, "verbose": 0.1}
+# The base student never sees multiplication: the skill the teachers' traces bring.
+DEFAULT_PRETRAIN_OPERATORS = ("+", "-", "/")
+
+
+def floating_point_path() -> dict[str, str]:
+    """What decides the float results of the same computation on this machine besides the
+    thread count: torch's CPU kernel family (AVX-512, AVX2, ...; `ATEN_CPU_CAPABILITY` can
+    lower it) and the torch release."""
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
 
 
 @contextmanager
@@ -96,6 +109,22 @@ def _epoch_batches(
     return batches
 
 
+def warmup_cosine(steps: int, warmup_ratio: float, final_lr_ratio: float) -> Callable[[int], float]:
+    """The learning-rate factor of step 0..steps-1: linear warmup over `warmup_ratio` of the
+    steps to 1, then a cosine down to `final_lr_ratio`, reached at the last step."""
+    if not 0.0 <= final_lr_ratio <= 1.0:
+        raise ValueError(f"final_lr_ratio={final_lr_ratio} must lie in [0, 1]")
+    warmup = max(1, int(warmup_ratio * steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - 1 - warmup)
+        return final_lr_ratio + (1.0 - final_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
 def train_plain(
     model: torch.nn.Module,
     examples: Sequence[dict[str, list[int]]],
@@ -106,9 +135,10 @@ def train_plain(
     seed: int,
     warmup_ratio: float = 0.05,
     weight_decay: float = 0.01,
+    final_lr_ratio: float = 0.1,
     description: str = "toy training",
 ) -> list[float]:
-    """Mean token cross-entropy on the labelled tokens; AdamW, warmup + cosine to 10% of `lr`.
+    """Mean token cross-entropy on the labelled tokens; AdamW, `warmup_cosine` schedule.
 
     Batches follow a seeded shuffle of `examples`, grouped by length, reshuffled every epoch.
     Returns the loss of every step.
@@ -120,14 +150,7 @@ def train_plain(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay
     )
-    warmup = max(1, int(warmup_ratio * steps))
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
+    schedule = warmup_cosine(steps, warmup_ratio, final_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     batches: list[list[int]] = []
     losses: list[float] = []
@@ -168,7 +191,12 @@ class ToyStudentBuilder:
         hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size: Qwen2 shape.
         vocab_size: target size of the BPE vocabulary trained on `world.corpus()`.
         steps, lr, batch_size: the brief pre-training (plain AdamW loop).
+        final_lr_ratio: the learning rate at the last step, as a share of `lr` (cosine decay).
         n_pretrain: problems the pre-training cycles over (never a test problem).
+        pretrain_operators: the operators of the pre-training problems (+ and - among them).
+            Leaving one out gives the student a skill it lacks by construction — it cannot
+            get a problem using it right, however its training went — which the teachers'
+            traces of the train split teach.
         style_mix: teacher name -> share of pre-training responses in that teacher's style.
         prompt_format: how prompts are built and responses end (`PromptFormat` or a mapping of
             its fields; conf/model/toy.yaml takes them from the data config).
@@ -190,10 +218,12 @@ class ToyStudentBuilder:
         num_kv_heads: int = 4,
         intermediate_size: int | None = None,
         vocab_size: int = 600,
-        steps: int = 1000,
+        steps: int = 2200,
         lr: float = 3e-3,
         batch_size: int = 32,
+        final_lr_ratio: float = 0.02,
         n_pretrain: int = 10000,
+        pretrain_operators: Sequence[str] = DEFAULT_PRETRAIN_OPERATORS,
         style_mix: Mapping[str, float] | None = None,
         prompt_format: PromptFormat | Mapping[str, Any] | None = None,
         max_length: int = 512,
@@ -208,6 +238,18 @@ class ToyStudentBuilder:
                 f"model.build.style_mix={mix}: use teacher names from {list(TEACHER_STYLES)} "
                 "with non-negative shares that sum to more than 0"
             )
+        operators = [str(op) for op in pretrain_operators]
+        if (
+            any(op not in OPERATORS for op in operators)
+            or len(set(operators)) < len(operators)
+            or not {"+", "-"} <= set(operators)
+        ):
+            raise ValueError(
+                f"model.build.pretrain_operators={operators}: use distinct operators from "
+                f"{list(OPERATORS)}, + and - among them"
+            )
+        if not 0.0 <= final_lr_ratio <= 1.0:
+            raise ValueError(f"model.build.final_lr_ratio={final_lr_ratio} must lie in [0, 1]")
         if hidden_size % num_heads or num_heads % num_kv_heads:
             raise ValueError(
                 f"model.build: hidden_size={hidden_size} must divide by num_heads={num_heads}, "
@@ -222,7 +264,9 @@ class ToyStudentBuilder:
         self.steps = int(steps)
         self.lr = float(lr)
         self.batch_size = int(batch_size)
+        self.final_lr_ratio = float(final_lr_ratio)
         self.n_pretrain = int(n_pretrain)
+        self.pretrain_operators = tuple(op for op in OPERATORS if op in operators)
         total = sum(mix.values())
         self.style_mix = {name: round(float(mix[name]) / total, 12) for name in sorted(mix)}
         self.prompt_format = PromptFormat.coerce(prompt_format)
@@ -246,13 +290,17 @@ class ToyStudentBuilder:
             "steps": self.steps,
             "lr": self.lr,
             "batch_size": self.batch_size,
+            "final_lr_ratio": self.final_lr_ratio,
             "n_pretrain": self.n_pretrain,
+            "pretrain_operators": list(self.pretrain_operators),
             "style_mix": self.style_mix,
             "prompt_format": self.prompt_format.as_dict(),
             "max_length": self.max_length,
             "seed": self.seed,
-            # the thread count changes the floating-point reduction order, hence the weights
+            # the thread count, the CPU's kernel family and the torch release change the
+            # floating-point results, hence the weights
             "num_threads": self.num_threads or torch.get_num_threads(),
+            **floating_point_path(),
         }
 
     def folder_name(self) -> str:
@@ -281,7 +329,7 @@ class ToyStudentBuilder:
         rng = random.Random(f"reasonft-toy-student/{self.seed}")
         names = list(self.style_mix)
         weights = [self.style_mix[n] for n in names]
-        problems = self.world.pretrain_problems(self.n_pretrain)
+        problems = self.world.pretrain_problems(self.n_pretrain, self.pretrain_operators)
         return [(problem, rng.choices(names, weights)[0]) for problem in problems]
 
     def pretraining_examples(self, tokenizer: Any) -> list[dict[str, list[int]]]:
@@ -317,6 +365,7 @@ class ToyStudentBuilder:
                 batch_size=self.batch_size,
                 pad_id=tokenizer.pad_token_id,
                 seed=self.seed,
+                final_lr_ratio=self.final_lr_ratio,
                 description="building toy student",
             )
         return model

@@ -142,6 +142,28 @@ class ArtifactStore:
         finally:
             lock.release()
 
+    def find(self, stage: str, config: Any, inputs: Mapping[str, Any]) -> Artifact | None:
+        """The verified artifact for (stage, config, inputs) if it is complete now, else None;
+        takes no lock and never removes or builds anything."""
+        key = content_key(config, inputs)
+        return self._check(stage, key, self.path(stage, key), inputs)[0]
+
+    def wait_for(self, stage: str, config: Any, inputs: Mapping[str, Any]) -> Artifact:
+        """The artifact another process is building (or has built): waits for its lock, then
+        returns it; raises when that process left none (it failed). For the ranks > 0 of a
+        multi-process stage, which take part in rank 0's build but must never build themselves."""
+        key = content_key(config, inputs)
+        final = self.path(stage, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock(final):
+            artifact, reason = self._check(stage, key, final, inputs)
+        if artifact is None:
+            raise RuntimeError(
+                f"{final}: the process building it (rank 0) left no usable artifact "
+                f"({reason or 'nothing there'}); see its log for the error"
+            )
+        return artifact
+
     def clean_stale(self) -> list[Path]:
         """Remove the temporary folders of killed builds (those whose key's lock is free);
         return what was removed. Meant to be called once at start-up."""

@@ -22,10 +22,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from reasonft.data.prompts import PromptFormat
 from reasonft.data.records import ANSWER_ALTERNATIVES
-from reasonft.io import read_records, write_json, write_records
+from reasonft.generation.hf import HFGenerator
+from reasonft.io import read_records, remove_path, write_json, write_records
 from reasonft.pipeline.artifacts import Artifact, ArtifactStore, content_key
 from reasonft.pipeline.identity import path_identity
 from reasonft.pipeline.plan import OUTPUT_ONLY, STAGE_CONFIG, select_path
+from reasonft.pipeline.predict_ranks import PredictRanks, predict_ranks
 from reasonft.pipeline.report import write_final_report
 from reasonft.pipeline.startup import Components, start
 from reasonft.selection.base import EmptySelection
@@ -174,6 +176,41 @@ class Pipeline:
         art = self.store.build(stage, *self.spec(name, built=True), produce)
         return self._record(art, f"{stage}-{tag}" if tag else stage)
 
+    def _build_on_every_rank(self, name: str, produce: Any) -> Artifact:
+        """`_build` for a stage whose `produce` every rank runs together (a collective).
+
+        Lightning's DDP launcher re-runs this script for ranks > 0 once rank 0 first predicts or
+        fits; they walk the stages from the top. Where the artifact is complete they reuse it
+        (rank 0 does too, so nobody enters the collective); else they take part in rank 0's
+        build in a scratch folder, never writing or renaming the artifact, then wait for rank 0's
+        lock and reuse what it wrote.
+        """
+        if is_rank_zero_process():
+            return self._build(name, produce)
+        stage = name.partition(":")[0]
+        config, inputs = self.spec(name, built=True)
+        found = self.store.find(stage, config, inputs)
+        if found is not None:
+            return found
+        with tempfile.TemporaryDirectory() as scratch:
+            produce(Path(scratch))
+        return self.store.wait_for(stage, config, inputs)
+
+    @cached_property
+    def predict_ranks(self) -> PredictRanks | None:
+        """Where `generate` and `score` predict; None: in this process only."""
+        return predict_ranks(self.cfg)
+
+    def _shards(self, stage: str) -> Path:
+        """Where the ranks of a multi-process stage write their parts, keyed like the artifact."""
+        return self.store.path(stage, self.key(stage)).with_suffix(".shards")
+
+    @staticmethod
+    def _remove_shards(shards: Path) -> None:
+        # Every rank has merged when the *_with_trainer call returns (its last barrier).
+        if is_rank_zero_process():
+            remove_path(shards)
+
     # -- base: the student before fine-tuning ----------------------------------------------------
     @cached_property
     def base_artifact(self) -> Artifact:
@@ -210,18 +247,33 @@ class Pipeline:
     # -- generate: the base student's own samples on the training prompts ------------------------
     @cached_property
     def self_samples(self) -> Artifact:
+        generator = self.parts.generator
+        # Only the HF generator samples with the model it is handed; vLLM runs its own engine.
+        ranks = self.predict_ranks if isinstance(generator, HFGenerator) else None
+
         def produce(tmp: Path) -> dict[str, Any]:
             model, tok = self.base_model
             problems = self.parts.source.problems("train")
-            samples = self.parts.generator.generate(
-                problems, model, tok, prompt_format=self.prompt_format
-            )
+            if ranks is None:
+                samples = generator.generate(problems, model, tok, prompt_format=self.prompt_format)
+            else:
+                from reasonft.generation.predict import generate_with_trainer
+
+                shards = self._shards("generate")
+                samples = generate_with_trainer(
+                    problems, model, tok, generator, ranks.trainer_kwargs(), shards,
+                    prompt_format=self.prompt_format,
+                )
+                self._remove_shards(shards)
             if not len(samples):
                 raise RuntimeError("generate: no sample was produced (no training problem?)")
             write_records(samples, tmp / RECORDS)
-            return {"samples": len(samples), "problems": len(problems)}
+            world = 1 if ranks is None else ranks.world_size
+            return {"samples": len(samples), "problems": len(problems), "processes": world}
 
-        return self._build("generate", produce)
+        if ranks is None:
+            return self._build("generate", produce)
+        return self._build_on_every_rank("generate", produce)
 
     # -- verify: teacher pool (+ self samples) marked correct/incorrect ------------------------
     @cached_property
@@ -248,16 +300,32 @@ class Pipeline:
     # -- score: PPL / GALP / LALP under the frozen base student --------------------------------
     @cached_property
     def scored(self) -> Artifact:
+        ranks = self.predict_ranks
+
         def produce(tmp: Path) -> dict[str, Any]:
             model, tok = self.base_model
             pool = read_records(self.verified.path / RECORDS)
-            scored, report = self.parts.scorer(pool, model, tok)
+            scorer = self.parts.scorer
+            if ranks is None:
+                scored, report = scorer(pool, model, tok)
+                report["processes"] = 1
+            else:
+                from reasonft.scoring.predict import score_with_trainer
+
+                shards = self._shards("score")
+                scored = score_with_trainer(
+                    pool, model, tok, scorer, ranks.trainer_kwargs(), shards
+                )
+                report = {**scorer.report, "processes": ranks.world_size}
+                self._remove_shards(shards)
             if not len(scored):
                 raise RuntimeError(f"score: no record left after scoring; its report: {report}")
             write_records(scored, tmp / RECORDS)
             return {"records": len(scored), **report}
 
-        return self._build("score", produce)
+        if ranks is None:
+            return self._build("score", produce)
+        return self._build_on_every_rank("score", produce)
 
     # -- select: the training set, each record with its loss_type --------------------------------
     @cached_property
@@ -305,13 +373,14 @@ class Pipeline:
             log_model(self.wandb_run, path)
             return {"model": str(Path(path).relative_to(tmp))}
 
-        if not is_rank_zero_process():
-            # Lightning's DDP re-runs this script for ranks > 0: they train alongside rank 0 but
-            # never write (or race to rename) the artifact.
-            with tempfile.TemporaryDirectory() as scratch:
-                produce(Path(scratch))
-            return None
-        return self._build("train", produce)
+        # Ranks > 0 train alongside rank 0 but never write (or race to rename) the artifact; where
+        # it is complete (ranks launched by an earlier stage's predict) nobody trains.
+        return self._build_on_every_rank("train", produce)
+
+    def trained_model_path(self) -> str:
+        """The fine-tuned student's checkpoint folder (inside the train artifact)."""
+        trained = self.trained
+        return str(trained.path / trained.meta()["summary"]["model"])
 
     # -- evaluate ------------------------------------------------------------------------------
     def evaluate(self, tag: str, model_path: str) -> dict[str, Any]:
@@ -346,9 +415,7 @@ class Pipeline:
         if "evaluate" in stages:
             self.results["base"] = self.evaluate("base", self.base_path)
             if self.plan.evaluate_trained:
-                trained = self.trained
-                path = str(trained.path / trained.meta()["summary"]["model"])
-                self.results["trained"] = self.evaluate("trained", path)
+                self.results["trained"] = self.evaluate("trained", self.trained_model_path())
         if self.results:
             log_eval_table(self.wandb_run, self.results)
         self.shown = self._show_files()

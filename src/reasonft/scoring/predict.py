@@ -4,13 +4,16 @@ Each rank scores the rows `rank, rank + world, ...` (length-sorted in batches un
 `batch_tokens`), and writes its results atomically to `out_dir/scores-rank<r>-of-<w>.json`.
 After a barrier the shards are merged back in the original record order by every caller
 (with `strategy="ddp"` each rank gets the same merged records; with `ddp_spawn` the launching
-process does). A shard written for other records or another scorer setting is refused.
+process does), and `scorer.report` is the report one process gives. A shard written for other
+records or another scorer setting is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,10 +29,13 @@ from reasonft.io import write_json
 from reasonft.scoring.scorer import Scorer, attach_scores, summarize
 from reasonft.scoring.token_steps import ScoringExample
 
+log = logging.getLogger(__name__)
+
 TRAINER_DEFAULTS: dict[str, Any] = {
     "logger": False,
     "enable_checkpointing": False,
     "enable_model_summary": False,
+    "enable_progress_bar": False,  # one line per batch from every rank says nothing useful
     "use_distributed_sampler": False,  # each rank picks its own rows (see ScoringModule)
 }
 
@@ -141,6 +147,28 @@ def merge_shards(
     return attach_scores(records, results)
 
 
+def stage_report(scorer: Scorer, model: torch.nn.Module, seconds: float) -> dict[str, Any]:
+    """The report `Scorer.__call__` gives, from the merged counts left in `scorer.report`."""
+    report = {
+        "method": scorer.method,
+        "max_length": scorer.resolve_max_length(model),
+        "overlength": scorer.overlength,
+        **scorer.report,
+        "seconds": round(seconds, 3),
+    }
+    if report["truncated"] or report["dropped"]:
+        log.warning(
+            "score: records longer than score.max_length=%d prompt + response tokens: %d "
+            "truncated, %d dropped (score.overlength=%s; the longest response has %d tokens)",
+            report["max_length"],
+            report["truncated"],
+            report["dropped"],
+            scorer.overlength,
+            report["longest_response_tokens"],
+        )
+    return report
+
+
 def score_with_trainer(
     ds: datasets.Dataset | list[dict[str, Any]],
     model: torch.nn.Module,
@@ -153,12 +181,18 @@ def score_with_trainer(
 
     `trainer` is a Trainer or the keyword arguments for one (merged over `TRAINER_DEFAULTS`).
     Lightning injects no sampler: the loader is iterable and each rank picks its own rows.
+    `scorer.report` is then the report `Scorer.__call__` gives. Every rank returns the same
+    records, after a last barrier (so rank 0 may remove `out_dir` once this returns).
     """
     records = as_dataset(ds)
     scorer.check_records(records)
+    started = time.perf_counter()
     if not isinstance(trainer, pl.Trainer):
         trainer = pl.Trainer(**{**TRAINER_DEFAULTS, **(trainer or {})})
     module = ScoringModule(model, tokenizer, scorer, records, out_dir)
     trainer.predict(module, return_predictions=False)
     trainer.strategy.barrier("reasonft-scores-written")
-    return merge_shards(records, scorer, out_dir, trainer.world_size)
+    scored = merge_shards(records, scorer, out_dir, trainer.world_size)
+    scorer.report = stage_report(scorer, model, time.perf_counter() - started)
+    trainer.strategy.barrier("reasonft-scores-merged")
+    return scored

@@ -101,6 +101,8 @@ class ProblemShape:
     Operations per problem lie in `min_ops..max_ops`; the start value and every intermediate
     result in `0..max_value`; each operand (the number combined with the running value) in
     `1..max_operand` (`2..max_operand` for * and /), so each step is a small table fact.
+    Each step's operator is drawn from the feasible ones among `operators`, which must hold
+    + and - (one of the two is always feasible, so a draw never gets stuck).
     """
 
     min_ops: int = 1
@@ -108,6 +110,7 @@ class ProblemShape:
     max_value: int = 20
     max_operand: int = 9
     word_fraction: float = 0.2
+    operators: tuple[str, ...] = OPERATORS
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_ops <= self.max_ops:
@@ -124,6 +127,16 @@ class ProblemShape:
             )
         if not 0.0 <= self.word_fraction <= 1.0:
             raise ValueError(f"toy world: word_fraction={self.word_fraction} must lie in [0, 1]")
+        unknown = [op for op in self.operators if op not in OPERATORS]
+        if (
+            unknown
+            or not {"+", "-"} <= set(self.operators)
+            or len(set(self.operators)) < len(self.operators)
+        ):
+            raise ValueError(
+                f"toy world: operators={list(self.operators)} must be distinct operators from "
+                f"{list(OPERATORS)} and include + and -"
+            )
 
     def operand_choices(self, op: str, value: int) -> range | list[int]:
         """The operands `op` may take with the running value `value` (empty: not possible)."""
@@ -170,7 +183,7 @@ def draw_problem(rng: random.Random, prompt_id: str, shape: ProblemShape) -> Pro
     start = value
     operations: list[Operation] = []
     for _ in range(n_ops):
-        feasible = [op for op in OPERATORS if shape.operand_choices(op, value)]
+        feasible = [op for op in shape.operators if shape.operand_choices(op, value)]
         op = rng.choice(feasible)
         operand = rng.choice(shape.operand_choices(op, value))
         value = apply(op, value, operand)

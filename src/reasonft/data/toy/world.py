@@ -8,6 +8,7 @@ problems.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections import Counter
@@ -16,7 +17,7 @@ from typing import Any
 
 import datasets
 
-from reasonft.data.toy.problems import Problem, ProblemShape, problem_stream
+from reasonft.data.toy.problems import OPERATORS, Problem, ProblemShape, problem_stream
 from reasonft.data.toy.teachers import TEACHER_STYLES, Solution, make_teacher
 
 # Test is drawn first and train avoids its expressions, so the test split does not depend on
@@ -78,7 +79,7 @@ class ToyWorld:
             raise ValueError(f"toy world: teachers is empty; choose from {list(TEACHER_STYLES)}")
         self._teachers = {name: make_teacher(name, self.slip_rate) for name in self.teachers}
         self._problems: dict[str, list[Problem]] = {}
-        self._pretrain_stream: Iterator[Problem] | None = None
+        self._pretrain: dict[tuple[str, ...], tuple[list[Problem], Iterator[Problem]]] = {}
 
     def settings(self) -> dict[str, Any]:
         """The constructor arguments: everything the world's content depends on."""
@@ -98,9 +99,16 @@ class ToyWorld:
 
     # -- problems -------------------------------------------------------------------------------
 
-    def _stream(self, split: str, exclude: set[str], distinct: bool = True) -> Iterator[Problem]:
-        rng = random.Random(f"reasonft-toy/{self.seed}/{split}")
-        return problem_stream(rng, split, self.shape, exclude, distinct)
+    def _stream(
+        self,
+        split: str,
+        exclude: set[str],
+        distinct: bool = True,
+        shape: ProblemShape | None = None,
+        seed_name: str | None = None,
+    ) -> Iterator[Problem]:
+        rng = random.Random(f"reasonft-toy/{self.seed}/{seed_name or split}")
+        return problem_stream(rng, split, shape or self.shape, exclude, distinct)
 
     def _generate_splits(self) -> None:
         if self._problems:
@@ -108,9 +116,6 @@ class ToyWorld:
         seen: set[str] = set()
         for split, n in (("test", self.n_test), ("train", self.n_train)):
             self._problems[split] = list(itertools.islice(self._stream(split, seen), n))
-        test_expressions = {p.expression for p in self._problems["test"]}
-        self._problems["pretrain"] = []
-        self._pretrain_stream = self._stream("pretrain", test_expressions, distinct=False)
 
     def problem_list(self, split: str) -> list[Problem]:
         """The `Problem` objects of a split (with expression and operations, for checks)."""
@@ -119,17 +124,32 @@ class ToyWorld:
         self._generate_splits()
         return self._problems[split]
 
-    def pretrain_problems(self, n: int) -> list[Problem]:
+    def pretrain_problems(self, n: int, operators: Sequence[str] = OPERATORS) -> list[Problem]:
         """`n` problems for pre-training the base student: never a test problem.
 
         They are drawn afresh (not deduplicated): the space of one-operation problems is small,
         so they may repeat each other or a training problem — a student that never saw a short
-        problem would not learn when to stop.
+        problem would not learn when to stop. `operators` (which must hold + and -) limits the
+        operators they use: a student pre-trained without one has a skill to learn from the
+        teachers. Each operator set draws from its own seeded stream; all four give the stream
+        the world always had.
         """
-        self._generate_splits()
-        cached = self._problems["pretrain"]
+        key = tuple(op for op in OPERATORS if op in operators)
+        if len(key) != len(operators):
+            raise ValueError(
+                f"toy world: pre-training operators={list(operators)} must be distinct operators "
+                f"from {list(OPERATORS)}"
+            )
+        if key not in self._pretrain:
+            self._generate_splits()
+            test_expressions = {p.expression for p in self._problems["test"]}
+            shape = dataclasses.replace(self.shape, operators=key)
+            seed_name = "pretrain" if key == OPERATORS else f"pretrain/{''.join(key)}"
+            stream = self._stream("pretrain", test_expressions, False, shape, seed_name)
+            self._pretrain[key] = ([], stream)
+        cached, stream = self._pretrain[key]
         if len(cached) < n:
-            cached.extend(itertools.islice(self._pretrain_stream, n - len(cached)))
+            cached.extend(itertools.islice(stream, n - len(cached)))
         return cached[:n]
 
     def problems(self, split: str) -> datasets.Dataset:
