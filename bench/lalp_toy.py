@@ -15,9 +15,10 @@ Then, in this process, with the frozen base student the runs built:
    ground truth, with percentile-bootstrap intervals over the ranking's prompts.
 4. The window sweep: LALP teacher means at integer and fractional `score.window`s, and their rank
    agreement with GALP's means and with the ground truth (METHODS §2a: large windows ~ GALP).
-5. Plots: the ranking beside the ground truth; local vs global per-step log-probabilities of a
-   few responses per teacher (global per-step means: the scorer at window 1.0, where every step
-   sees all the steps before it and method=all reads them off the full-prefix pass).
+5. Plots: the ranking beside the ground truth; local (the configured window, and window 1) vs
+   global per-step log-probabilities of a few responses per teacher (global per-step means: the
+   scorer at window 1.0, where every step sees all the steps before it and method=all reads
+   them off the full-prefix pass).
 Output: <out>/lalp_toy.md (the tables), lalp_ranking.png, lalp_steps.png, lalp_toy.json.
 """
 
@@ -43,13 +44,13 @@ from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rank_correlation import kendall_tau_b, spearman  # noqa: E402
+from rank_correlation import kendall_tau_b, spearman
 
-from reasonft.config import CONF_DIR  # noqa: E402
-from reasonft.data.prompts import PromptFormat  # noqa: E402
-from reasonft.io import read_records  # noqa: E402
-from reasonft.models.loading import load_student, load_tokenizer  # noqa: E402
-from reasonft.selection.teacher_rank import bootstrap_means  # noqa: E402
+from reasonft.config import CONF_DIR
+from reasonft.data.prompts import PromptFormat
+from reasonft.io import read_records
+from reasonft.models.loading import load_student, load_tokenizer
+from reasonft.selection.teacher_rank import bootstrap_means
 
 ROOT = Path(__file__).resolve().parents[1]
 USES = ("toy_lalp_rank", "toy_lalp_random", "toy_lalp_galp_top", "toy_lalp_lalp_top",
@@ -198,26 +199,27 @@ def plot_ranking(path: Path, teachers: list[str], ranking: dict[str, dict[str, A
     fig.savefig(path, dpi=120)
 
 
-def plot_steps(path: Path, teachers: list[str], local: Any, global_: Any, prompts: list[str],
-               per_teacher: int, window: int | float) -> None:
-    """Per-step mean log-prob, local (window) vs global (full prefix), a few responses each."""
-    fig = Figure(figsize=(3.2 * len(teachers), 3.4), layout="constrained")
+def plot_steps(path: Path, teachers: list[str], curves: list[tuple[str, str, Any]],
+               prompts: list[str], per_teacher: int) -> None:
+    """Per-step mean log-prob of a few responses per teacher, one line per (label, style,
+    scored records) in `curves` (global: full prefix; local: a window)."""
+    fig = Figure(figsize=(3.2 * len(teachers), 3.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(teachers), sharey=True))
-    local_rows = {(r["prompt_id"], r["source"]): r for r in local if r["correct"]}
-    global_rows = {(r["prompt_id"], r["source"]): r for r in global_ if r["correct"]}
+    rows = [{(r["prompt_id"], r["source"]): r["step_logps"] for r in scored if r["correct"]}
+            for _, _, scored in curves]
     for ax, teacher in zip(axes, teachers):
-        shown = [p for p in prompts if (p, teacher) in local_rows][:per_teacher]
+        shown = [p for p in prompts if (p, teacher) in rows[0]][:per_teacher]
         for k, prompt in enumerate(shown):
-            lo = local_rows[(prompt, teacher)]["step_logps"]
-            gl = global_rows[(prompt, teacher)]["step_logps"]
-            steps = np.arange(1, len(lo) + 1)
-            color = f"C{k}"
-            ax.plot(steps, gl, "-o", color=color, markersize=3, label=f"{prompt} global")
-            ax.plot(steps, lo, "--x", color=color, markersize=4, label=f"{prompt} local")
+            for (label, style, _), steps_of in zip(curves, rows):
+                values = steps_of[(prompt, teacher)]
+                ax.plot(np.arange(1, len(values) + 1), values, style, color=f"C{k}",
+                        markersize=3, label=label if k == 0 else None)
         ax.set_title(teacher)
         ax.set_xlabel("step")
+        ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0].set_ylabel("mean log-prob of the step's tokens")
-    fig.suptitle(f"solid: global (full prefix); dashed: local (window {window})")
+    axes[0].legend(loc="lower left", fontsize="small")
+    fig.suptitle(f"{per_teacher} responses per teacher (one colour each), base student")
     fig.savefig(path, dpi=120)
 
 
@@ -233,6 +235,10 @@ def fmt(value: float, se: float | None = None) -> str:
 def fmt_ci(entry: dict[str, Any]) -> str:
     low, high = entry["ci"]
     return f"{entry['value']:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def score_with_ci(row: dict[str, Any], m: str) -> str:
+    return f"{row[f'mean_{m}']:.3f} [{row[f'ci_low_{m}']:.3f}, {row[f'ci_high_{m}']:.3f}]"
 
 
 def markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -308,8 +314,10 @@ def main() -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     plot_ranking(out / "lalp_ranking.png", gt_order, ranking, truth)
-    plot_steps(out / "lalp_steps.png", gt_order, window_scores[default_window], global_steps,
-               prompts, args.responses_per_teacher, cfg.score.window)
+    curves = [("global (full prefix)", "-o", global_steps),
+              (f"local, window {cfg.score.window}", "--x", window_scores[default_window]),
+              ("local, window 1", ":s", window_scores[WINDOWS.index(1)])]
+    plot_steps(out / "lalp_steps.png", gt_order, curves, prompts, args.responses_per_teacher)
 
     one_per_seed = {j["seed"]: j for j in uses if j["task_name"] != "toy_lalp_rank"}
     base_row = evaluation_row(list(one_per_seed.values()), "base")
@@ -317,17 +325,15 @@ def main() -> None:
                 for c in CURATIONS}
     curation.update({f"{t} alone": evaluation_row(by_teacher[t]) for t in gt_order})
 
-    md = ["# LALP on the toy world", "",
-          f"Teachers {teachers}; seeds {args.seeds}; ranking on {len(prompts)} prompts, "
-          f"{args.bootstrap} bootstrap resamples.", "",
+    setup = (f"Teachers {teachers}; seeds {args.seeds}; ranking on {len(prompts)} prompts, "
+             f"{args.bootstrap} bootstrap resamples.")
+    md = ["# LALP on the toy world", "", setup, "",
           "## Teacher ranking against the ground truth", ""]
     md += markdown_table(
         ["teacher", "mean LALP [95% CI]", "LALP rank", "mean GALP [95% CI]", "GALP rank",
          "greedy acc. alone (ground truth)", "true rank"],
-        [[t, f"{ranking[t]['mean_lalp']:.3f} [{ranking[t]['ci_low_lalp']:.3f}, "
-             f"{ranking[t]['ci_high_lalp']:.3f}]", str(ranking[t]["rank_lalp"]),
-          f"{ranking[t]['mean_galp']:.3f} [{ranking[t]['ci_low_galp']:.3f}, "
-          f"{ranking[t]['ci_high_galp']:.3f}]", str(ranking[t]["rank_galp"]),
+        [[t, score_with_ci(ranking[t], "lalp"), str(ranking[t]["rank_lalp"]),
+          score_with_ci(ranking[t], "galp"), str(ranking[t]["rank_galp"]),
           fmt(*truth[t]), str(gt_order.index(t) + 1)] for t in gt_order])
     md += markdown_table(
         ["score", "Spearman with ground truth [95% CI]", "Kendall tau-b [95% CI]"],

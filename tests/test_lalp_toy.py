@@ -24,8 +24,8 @@ from reasonft.scoring.api import score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-import lalp_toy  # noqa: E402
-from rank_correlation import average_ranks, kendall_tau_b, spearman  # noqa: E402
+import lalp_toy
+from rank_correlation import average_ranks, kendall_tau_b, spearman
 
 # sha256 of the existing teachers' solutions to FIXED_PLANS (see `solutions_digest`), computed
 # with teachers.py as it was before the LALP teachers were added (main at 27e4ba4).

@@ -220,6 +220,10 @@ class RitualTeacher(Teacher):
         return f"So the final result is {answer}.\nThe answer is \\boxed{{{answer}}}"
 
 
+# How the leap teacher joins a second operation onto a sentence: "..., and multiply by 3".
+_SECOND_OPERATION = {"+": "add {r}", "-": "subtract {r}", "*": "multiply by {r}", "/": "divide by {r}"}
+
+
 class LeapTeacher(Teacher):
     """Fluent prose that leaps: two operations per sentence, only the second result written.
 
@@ -229,8 +233,6 @@ class LeapTeacher(Teacher):
     """
 
     name = "leap"
-
-    _ALSO = {"+": "add {r}", "-": "subtract {r}", "*": "multiply by {r}", "/": "divide by {r}"}
 
     def paragraphs(
         self, problem: Problem, calculations: list[Calculation], rng: random.Random
@@ -245,7 +247,7 @@ class LeapTeacher(Teacher):
                 lead = "First" if i == 0 else ("Finally" if i == last else "Next")
             clause = VerboseTeacher._clause(pair[0])
             if len(pair) == 2:
-                clause += " and " + self._ALSO[pair[1].op].format(r=pair[1].right)
+                clause += " and " + _SECOND_OPERATION[pair[1].op].format(r=pair[1].right)
             out.append(f"{lead}, {clause}, which gives {pair[-1].result}.")
         return out
 
