@@ -192,11 +192,111 @@ class SloppyTeacher(Teacher):
         return f"So \\boxed{{{answer}}}"
 
 
+class RitualTeacher(Teacher):
+    """Self-conditioned and locally unjustified (the failure mode of a global score, METHODS §2).
+
+    A fixed ritual, the same in every response: each new value is announced bare first (`So the
+    value is now 21.`: no operands, nothing in the text before it justifies the number), then the
+    operation is restated in fluent prose that repeats the value just announced. The restatements
+    are long and predictable (from the student's own familiar prose and from the value they
+    repeat), so they dominate a token average (GALP); a step average (LALP) weighs every bare
+    announcement as much as a restatement.
+    """
+
+    name = "ritual"
+
+    def paragraphs(
+        self, problem: Problem, calculations: list[Calculation], rng: random.Random
+    ) -> list[str]:
+        out = ["Let me work through this one operation at a time."]
+        last = len(calculations) - 1
+        for i, c in enumerate(calculations):
+            lead = "First" if i == 0 else ("Finally" if i == last else "Next")
+            out.append(f"So the value is now {c.result}.")
+            out.append(f"{lead}, {VerboseTeacher._clause(c)}, which gives {c.result}.")
+        return out
+
+    def summary(self, answer: int, rng: random.Random) -> str:
+        return f"So the final result is {answer}.\nThe answer is \\boxed{{{answer}}}"
+
+
+# How the leap teacher joins a second operation onto a sentence: "..., and multiply by 3".
+_SECOND_OPERATION = {"+": "add {r}", "-": "subtract {r}", "*": "multiply by {r}", "/": "divide by {r}"}
+
+
+class LeapTeacher(Teacher):
+    """Fluent prose that leaps: two operations per sentence, only the second result written.
+
+    It writes the verbose teacher's familiar sentences (so most of its tokens are predictable),
+    but `First, we divide 2 by 2 and multiply by 9, which gives 9.` skips the intermediate value,
+    so the number a step ends on is not justified by anything written before it.
+    """
+
+    name = "leap"
+
+    def paragraphs(
+        self, problem: Problem, calculations: list[Calculation], rng: random.Random
+    ) -> list[str]:
+        out = [rng.choice(VerboseTeacher._INTROS)]
+        pairs = [calculations[i : i + 2] for i in range(0, len(calculations), 2)]
+        last = len(pairs) - 1
+        for i, pair in enumerate(pairs):
+            if last == 0:
+                lead = "So"
+            else:
+                lead = "First" if i == 0 else ("Finally" if i == last else "Next")
+            clause = VerboseTeacher._clause(pair[0])
+            if len(pair) == 2:
+                clause += " and " + _SECOND_OPERATION[pair[1].op].format(r=pair[1].right)
+            out.append(f"{lead}, {clause}, which gives {pair[-1].result}.")
+        return out
+
+    def summary(self, answer: int, rng: random.Random) -> str:
+        return f"So the final result is {answer}.\nThe answer is \\boxed{{{answer}}}"
+
+
+class MixedTeacher(Teacher):
+    """Locally justified, globally less fluent: every step shows its operands and result, but
+    each step is written in a style drawn afresh (bare equation, numbered equation or prose), so
+    no style carries over from one step to the next for the reader to condition on."""
+
+    name = "mixed"
+
+    def paragraphs(
+        self, problem: Problem, calculations: list[Calculation], rng: random.Random
+    ) -> list[str]:
+        out = []
+        last = len(calculations) - 1
+        for i, c in enumerate(calculations):
+            style = rng.choice(("terse", "numbered", "verbose"))
+            if style == "terse":
+                out.append(_equation(c))
+            elif style == "numbered":
+                out.append(f"Step {i + 1}: {_equation(c)}")
+            else:
+                lead = "First" if i == 0 else ("Finally" if i == last else "Next")
+                out.append(f"{lead}, {VerboseTeacher._clause(c)}, which gives {c.result}.")
+        return out
+
+    def summary(self, answer: int, rng: random.Random) -> str:
+        lead = rng.choice(("Answer: ", "The answer is ", "Final answer: "))
+        return f"{lead}\\boxed{{{answer}}}"
+
+
+def _equation(c: Calculation) -> str:
+    return f"{c.left} {c.op} {c.right} = {c.result}"
+
+
+# The styles the toy student's tokenizer and pre-training know (ToyWorld.corpus, style_mix).
 TEACHER_STYLES = ("terse", "numbered", "verbose", "sloppy")
+# Teachers the student has never seen, for the LALP pool (data=toy_lalp): not in the tokenizer
+# corpus, so adding one changes no existing student.
+LALP_TEACHER_STYLES = ("ritual", "leap", "mixed")
+TEACHERS = TEACHER_STYLES + LALP_TEACHER_STYLES
 
 
 def make_teacher(name: str, slip_rate: float = 0.3) -> Teacher:
-    """The toy teacher called `name` (one of TEACHER_STYLES)."""
+    """The toy teacher called `name` (one of TEACHERS)."""
     if name == "terse":
         return TerseTeacher()
     if name == "numbered":
@@ -205,4 +305,10 @@ def make_teacher(name: str, slip_rate: float = 0.3) -> Teacher:
         return VerboseTeacher()
     if name == "sloppy":
         return SloppyTeacher(slip_rate)
-    raise ValueError(f"unknown toy teacher {name!r}; choose from {list(TEACHER_STYLES)}")
+    if name == "ritual":
+        return RitualTeacher()
+    if name == "leap":
+        return LeapTeacher()
+    if name == "mixed":
+        return MixedTeacher()
+    raise ValueError(f"unknown toy teacher {name!r}; choose from {list(TEACHERS)}")
