@@ -22,7 +22,7 @@ from reasonft.data.toy.problems import Operation, Problem
 from reasonft.data.toy.teachers import LALP_TEACHER_STYLES, TEACHER_STYLES, make_teacher
 from reasonft.scoring.api import score
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import lalp_toy
 from rank_correlation import average_ranks, kendall_tau_b, spearman
