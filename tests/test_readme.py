@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import math
 import re
 import shlex
 import subprocess
@@ -200,10 +201,10 @@ def test_python_api_snippet_runs(tiny_model, tiny_tokenizer):
 
     [snippet] = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
     records = [
-        {"prompt_id": f"p{i}", "prompt": f"Compute {i} + 3.", "answer": str(i + 3),
-         "response": f"<think>\n{i} + 3 = {i + 3}\n\nSo {i + 3}.\n</think>\n\\boxed{{{i + 3}}}",
+        {"prompt_id": f"p{i // 2}", "prompt": f"Compute {i // 2} + 3.", "answer": str(i // 2 + 3),
+         "response": f"<think>\n{i // 2} + 3 = {i // 2 + 3}\n\nSo {i // 2 + 3}.\n</think>\n\\boxed{{{i // 2 + 3}}}",
          "source": "terse" if i % 2 else "verbose", "correct": True}
-        for i in range(12)
+        for i in range(12)  # 6 prompts, each answered by two teachers
     ]
     namespace = {"records": records, "model": tiny_model, "tokenizer": tiny_tokenizer}
     tree = ast.parse(snippet)
@@ -211,7 +212,8 @@ def test_python_api_snippet_runs(tiny_model, tiny_tokenizer):
         for call in ast.walk(statement):
             if isinstance(call, ast.Call) and any(k.arg == "mu" for k in call.keywords):
                 ppl = statistics.median(r["ppl"] for r in namespace["records"])
-                window = {"mu": ppl, "sigma": ppl, "ppl_min": 1.0, "ppl_max": 4 * ppl}
+                top = 1.0 + 0.05 * math.ceil((4 * ppl - 1.0) / 0.05)  # whole bins of 0.05
+                window = {"mu": ppl, "sigma": ppl, "ppl_min": 1.0, "ppl_max": top}
                 for k in call.keywords:
                     if k.arg in window:
                         k.value = ast.Constant(window[k.arg])
