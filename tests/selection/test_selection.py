@@ -280,7 +280,8 @@ def test_every_config_instantiates():
         component = hydra.utils.instantiate(cfg)
         # A sized variant (toy_oxa, ppl_gaussian_7b) builds the selector of the option it extends
         # (the first entry of its defaults list).
-        extends = (OmegaConf.load(path).get("defaults") or [path.stem])[0]
+        raw = OmegaConf.load(path)
+        extends = path.stem if "_target_" in raw else raw.defaults[0]
         assert component.name == extends, path.stem
 
 
