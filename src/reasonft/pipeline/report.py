@@ -11,6 +11,7 @@ from rich.table import Table
 
 from reasonft.io import write_json, write_text
 from reasonft.pipeline.artifacts import Artifact
+from reasonft.selection.teacher_rank import TeacherRanking
 
 SHORT = {
     "any_correct": "any",
@@ -134,24 +135,14 @@ def skipped_lines(summaries: list[tuple[Artifact, dict[str, Any]]]) -> list[str]
 
 
 def ranking_markdown(summary: dict[str, Any]) -> list[str]:
-    """The teacher ranking table of a select artifact (empty when it is not a ranking)."""
+    """The teacher ranking of a select artifact as the ranker writes it, one heading level down
+    (empty when the artifact is not a ranking)."""
     table = summary.get("teacher_ranking")
     if not table:
         return []
-    metrics = summary.get("metrics") or [k[5:] for k in table[0] if k.startswith("mean_")]
-    head = ["teacher", "responses", *[f"mean {m.upper()} [CI]" for m in metrics],
-            *[f"rank {m.upper()}" for m in metrics]]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in table:
-        cells = [str(row["source"]), str(row["n_responses"])]
-        cells += [
-            f"{row[f'mean_{m}']:.4f} [{row[f'ci_low_{m}']:.4f}, {row[f'ci_high_{m}']:.4f}]"
-            for m in metrics
-        ]
-        cells += [str(row[f"rank_{m}"]) for m in metrics]
-        rows.append("| " + " | ".join(cells) + " |")
-    return ["## Teacher ranking", "", *rows, ""]
-
+    report = {k: v for k, v in summary.items() if k != "teacher_ranking"}
+    text = TeacherRanking(table=table, report=report).to_markdown()
+    return [f"#{line}" if line.startswith("#") else line for line in text.splitlines()] + [""]
 
 def write_final_report(
     cfg: DictConfig,

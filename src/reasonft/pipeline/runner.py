@@ -240,9 +240,9 @@ class Pipeline:
         model.eval()
         return model, tok
 
-    @cached_property
+    @property
     def prompt_format(self) -> PromptFormat:
-        return PromptFormat.from_config(self.cfg.data)
+        return self.parts.prompt_format
 
     # -- generate: the base student's own samples on the training prompts ------------------------
     @cached_property
@@ -278,7 +278,6 @@ class Pipeline:
     # -- verify: teacher pool (+ self samples) marked correct/incorrect ------------------------
     @cached_property
     def verified(self) -> Artifact:
-
         def produce(tmp: Path) -> dict[str, Any]:
             parts = [self.parts.source.teacher_pool("train")]
             if self.plan.self_samples:
@@ -355,7 +354,7 @@ class Pipeline:
 
     # -- train: fine-tune the student on the selection ------------------------------------------
     @cached_property
-    def trained(self) -> Artifact | None:
+    def trained(self) -> Artifact:
         from reasonft.training.train import train_student
 
         # Checkpoints live beside the artifact, keyed like it: re-running the same command with

@@ -29,6 +29,7 @@ class Components:
 
     plan: Plan
     source: Any
+    prompt_format: PromptFormat
     builder: Any = None
     generator: Any = None
     verifier: Any = None
@@ -87,7 +88,9 @@ def start(cfg: DictConfig) -> Components:
         score_columns=required_scores(selector) if selector is not None else (),
         is_ranking=isinstance(selector, TeacherRanker),
     )
-    parts = Components(plan=plan, source=source, selector=selector)
+    parts = Components(
+        plan=plan, source=source, prompt_format=PromptFormat.from_config(cfg.data), selector=selector
+    )
     stages = set(plan.stages)
     if "base" in stages:
         parts.builder = build("model.build", cfg.model.build)
@@ -98,7 +101,7 @@ def start(cfg: DictConfig) -> Components:
     if "verify" in stages:
         parts.verifier = build("verify", cfg.verify)
     if "score" in stages:
-        parts.scorer = _scorer_for(cfg, plan)
+        parts.scorer = _scorer_for(cfg, plan, parts.prompt_format)
     if "train" in stages:
         parts.loss = build("loss", cfg.loss)
         check_strategy(cfg.get("strategy"))
@@ -111,10 +114,9 @@ def start(cfg: DictConfig) -> Components:
     return parts
 
 
-def _scorer_for(cfg: DictConfig, plan: Plan) -> Any:
+def _scorer_for(cfg: DictConfig, plan: Plan, prompt_format: PromptFormat) -> Any:
     """The configured scorer, widened to produce every score column the selector reads."""
-    prompt_format = PromptFormat.from_config(cfg.data).as_dict()
-    scorer = build("score", cfg.score, prompt_format=prompt_format)
+    scorer = build("score", cfg.score, prompt_format=prompt_format.as_dict())
     if not set(plan.score_columns) <= scorer.produces:
         scorer = scorer.with_columns(plan.score_columns)
     return scorer
