@@ -3,7 +3,8 @@
 For each student setting (the config's `model.build` by default; `--variant` adds others, e.g.
 `--variant steps=650`), it builds (or reuses) the student and reports, next to each other:
 - greedy accuracy on the test split, per difficulty (number of operations),
-- the median response-only PPL of each teacher's correct responses (the style bias),
+- the median PPL given the prompt of each teacher's correct responses (what the toy presets
+  select on: score=ppl_given_prompt),
 - greedy accuracy after a short plain SFT on the verified teacher data of the train split
   (the room fine-tuning has), with its gain over the base.
 
@@ -26,6 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -67,7 +69,7 @@ def check(build_cfg, world, sft_steps: int, sft_lr: float, cache: Path) -> dict[
     base, base_by = greedy_accuracy(model, tokenizer, world)
 
     pool = [r for r in world.teacher_pool("train") if extract_answer(r["response"]) == str(r["answer"])]
-    scored = score(pool, model, tokenizer, method="ppl", condition_on_prompt=False)
+    scored = score(pool, model, tokenizer, method="ppl", condition_on_prompt=True)
     ppl = {
         teacher: statistics.median(r["ppl"] for r in scored if r["source"] == teacher)
         for teacher in sorted({r["source"] for r in scored})
@@ -102,7 +104,7 @@ def main() -> None:
 
     results = {}
     for name, changes in variants.items():
-        build_cfg = {k: v for k, v in cfg.model.build.items() if k != "world"}
+        build_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model.build, resolve=True).items() if k != "world"}
         build_cfg.update(changes)
         results[name] = check(build_cfg, world, args.sft_steps, args.sft_lr, args.cache)
 

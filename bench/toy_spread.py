@@ -59,6 +59,7 @@ def worker(seed: int, threads: int, changes: dict[str, Any], cache: Path) -> dic
     import transformers
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
     from toy_check import greedy_accuracy  # the sibling script: the same accuracy check
 
     from reasonft.config import CONF_DIR
@@ -68,7 +69,7 @@ def worker(seed: int, threads: int, changes: dict[str, Any], cache: Path) -> dic
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["model=toy", "data=toy"])
     world = instantiate(cfg.data.source)
-    build_cfg = {k: v for k, v in cfg.model.build.items() if k != "world"}
+    build_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model.build, resolve=True).items() if k != "world"}
     build_cfg.update(changes)
     build_cfg.update(seed=seed, num_threads=threads)
     builder = instantiate(build_cfg, world=world)

@@ -35,3 +35,22 @@ def test_toy_tables_prints_the_recipe_table(tmp_path):
     saved = json.loads(out.read_text())
     assert set(saved["recipes"]) == {"base student", "toy_sft"}
     assert all(len(v) == 2 for v in saved["recipes"].values())
+
+
+@pytest.mark.slow
+def test_toy_spread_builds_on_another_kernel_path_and_measures(tmp_path):
+    """bench/toy_spread.py (the README's base-robustness figures) end to end at tiny sizes, on
+    the AVX2 path in its own process: it once failed before building anything."""
+    out = tmp_path / "spread.json"
+    args = [sys.executable, "bench/toy_spread.py", "--seeds", "0", "--capabilities", "avx2",
+            "--cache", str(tmp_path / "cache"), "--out", str(out)]
+    for change in ("steps=5", "n_pretrain=40", "vocab_size=400", "hidden_size=32",
+                   "intermediate_size=64", "num_heads=4", "num_kv_heads=2"):
+        args += ["--set", change]
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(args, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = json.loads(out.read_text())
+    (row,) = saved["rows"]
+    assert row["asked_capability"] == "avx2" and row["capability"] == "AVX2"
+    assert 0.0 <= row["accuracy"] <= 1.0 and saved["summary"]["n"] == 1

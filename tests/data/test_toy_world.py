@@ -244,6 +244,29 @@ def test_pretraining_without_an_operator_never_uses_it():
         world.pretrain_problems(10, operators=("+", "-", "+"))
 
 
+def test_a_multiplier_cap_keeps_only_doublings():
+    world = ToyWorld(seed=1, n_train=300, n_test=200)
+    every = world.pretrain_problems(400)
+    doublings = world.pretrain_problems(2000, max_multiplier=2)
+    times = [o for p in doublings for o in p.operations if o.op == "*"]
+    assert len(times) > 200 and {o.operand for o in times} == {2}
+    for problem in doublings:
+        assert eval_expression(problem.expression) == problem.answer
+    uncapped = Counter(o.operand for p in every for o in p.operations if o.op == "*")
+    assert max(uncapped) > 2  # the cap is what removes the larger multipliers
+    # its own stream: the uncapped one is unchanged, and the cap combines with an operator set
+    assert world.pretrain_problems(400) == every
+    assert ToyWorld(seed=1, n_train=300, n_test=200).pretrain_problems(
+        300, max_multiplier=2
+    ) == doublings[:300]
+    # the test split still needs the rest of the times table: the skill the student lacks
+    assert any(
+        o.op == "*" and o.operand > 2 for p in world.problem_list("test") for o in p.operations
+    )
+    with pytest.raises(ValueError, match="max_multiplier=12 must lie in 2..max_operand"):
+        world.pretrain_problems(10, max_multiplier=12)
+
+
 def test_corpus_and_describe():
     world = small_world()
     corpus = world.corpus()

@@ -132,10 +132,11 @@ def test_settings_change_the_cache_folder():
     assert tiny_builder(style_mix={"terse": 1.0}).folder_name() != base.folder_name()
     assert tiny_builder(num_threads=2).folder_name() != base.folder_name()
     assert tiny_builder(final_lr_ratio=0.0).folder_name() != base.folder_name()
-    everything = tiny_builder(pretrain_operators=["+", "-", "*", "/"])
-    assert everything.folder_name() != base.folder_name()
+    no_times = tiny_builder(pretrain_operators=["+", "-", "/"], pretrain_max_multiplier=None)
+    assert no_times.folder_name() != base.folder_name()
+    assert tiny_builder(pretrain_max_multiplier=3).folder_name() != base.folder_name()
     # the operators are a set: their order does not matter
-    assert tiny_builder(pretrain_operators=["/", "+", "-"]).folder_name() == base.folder_name()
+    assert tiny_builder(pretrain_operators=["/", "*", "+", "-"]).folder_name() == base.folder_name()
     moved_world = ToyStudentBuilder(ToyWorld(seed=3, n_train=60, n_test=20), **TINY)
     assert moved_world.folder_name() != base.folder_name()
 
@@ -153,20 +154,29 @@ def test_the_floating_point_path_is_in_the_cache_key(monkeypatch):
     assert tiny_builder().folder_name() != here
 
 
-def test_pretraining_never_shows_the_held_out_operator():
+def test_pretraining_multiplies_only_by_two_by_default():
     builder = tiny_builder(n_pretrain=400)
-    assert builder.pretrain_operators == ("+", "-", "/")
+    assert builder.pretrain_operators == ("+", "-", "*", "/")
+    assert builder.pretrain_max_multiplier == 2
     pairs = builder.pretraining_pairs()
     assert len(pairs) == 400
+    times = [o for p, _ in pairs for o in p.operations if o.op == "*"]
+    assert times and {o.operand for o in times} == {2}
     for problem, teacher in pairs:
         response = builder.world.solve(problem, teacher).response
+        for c in problem.calculations():
+            if c.op == "*":
+                assert f"{c.left} * 2 = {c.result}" in response or "multiply" in response
+    # without *, the student never sees it, in a problem or a response
+    none = tiny_builder(n_pretrain=400, pretrain_operators=["+", "-", "/"], pretrain_max_multiplier=None)
+    for problem, teacher in none.pretraining_pairs():
+        response = none.world.solve(problem, teacher).response
         assert "*" not in problem.text and "times" not in problem.text, problem.text
         assert "*" not in response and "multiply" not in response, response
-    assert {o.op for p, _ in pairs for o in p.operations} == {"+", "-", "/"}
-    full = tiny_builder(n_pretrain=400, pretrain_operators=["+", "-", "*", "/"])
-    assert any("*" in p.text for p, _ in full.pretraining_pairs())
-    # the world's test split still multiplies: the skill the base student lacks
-    assert any("*" in p.expression for p in builder.world.problem_list("test"))
+    # the default world's test split multiplies by more than 2 in 25 of its 200 problems: the
+    # skill the base student lacks
+    needs = [p for p in ToyWorld().problem_list("test") if any(o.op == "*" and o.operand > 2 for o in p.operations)]
+    assert len(needs) == 25
 
 
 def reference_lr_factor(step: int, steps: int, warmup: int, final: float) -> float:
@@ -245,6 +255,10 @@ def test_bad_builder_settings_raise():
         tiny_builder(pretrain_operators=["+", "*"])
     with pytest.raises(ValueError, match="model.build.pretrain_operators"):
         tiny_builder(pretrain_operators=["+", "-", "^"])
+    with pytest.raises(ValueError, match="model.build.pretrain_max_multiplier=2: needs \\*"):
+        tiny_builder(pretrain_operators=["+", "-"])
+    with pytest.raises(ValueError, match="model.build.pretrain_max_multiplier=1"):
+        tiny_builder(pretrain_max_multiplier=1)
     with pytest.raises(ValueError, match="model.build.final_lr_ratio=1.5"):
         tiny_builder(final_lr_ratio=1.5)
 

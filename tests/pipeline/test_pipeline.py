@@ -28,8 +28,10 @@ TINY = [
     "eval.generator.max_new_tokens=40",
     "eval.heldout_entropy.limit=4",
     # The miniature student's PPLs fall outside the promote window, so the tiny selection holds
-    # UL records only (its report: ppl_gaussian 700 short of 700); every step is all UL.
+    # UL records only (its report: ppl_gaussian 1000 short of 1000); every step is all UL, and
+    # the UL pool ends the epoch (the default run's `ce` would have no CE pool to count).
     "train.ce_per_step=0",
+    "train.epoch_end=shortest",
     "train.micro_batch_size=2",
     "train.ul_per_step=4",
     "logger=none",
@@ -72,7 +74,7 @@ def test_second_run_reuses_and_changed_selection_reruns_downstream_only(tmp_path
     again.run()
     assert all(_built(again).values()), "an identical run must reuse every artifact"
 
-    changed = Pipeline(_cfg(tmp_path, "select.promote.mu=1.5"))
+    changed = Pipeline(_cfg(tmp_path, "select.promote.mu=2.5"))
     changed.run()
     reused = {a.stage: a.reused for a in changed.artifacts if a.stage != "evaluate"}
     assert reused == {

@@ -28,7 +28,7 @@ def test_truncated_scores_are_rebuilt_when_a_new_selection_reads_them(tmp_path, 
     records.write_bytes(data[: len(data) // 2])
 
     with caplog.at_level(logging.WARNING):
-        changed = Pipeline(_cfg(tmp_path, STAGES, "select.promote.mu=1.5"))
+        changed = Pipeline(_cfg(tmp_path, STAGES, "select.promote.mu=2.5"))
         changed.run()
     assert (
         f"artifact {arts['score'].path}: records.parquet has no readable parquet footer"

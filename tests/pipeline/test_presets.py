@@ -57,7 +57,7 @@ def _expected_error(preset: str | None, group: str, option: str, data: str) -> s
     if group == "trainer" and option == "gpu" and not HAS_CUDA:
         return "gpu"
     model = option if group == "model" else ("toy" if preset is None or preset.startswith("toy") else "qwen")
-    if model == "toy" and data != "toy":
+    if model.startswith("toy") and data != "toy":
         return "model.build.world"
     return None
 
@@ -111,3 +111,21 @@ def test_paper_preset_on_a_cpu_machine_stops_at_startup_naming_what_is_missing(t
         start(gpu)
     with pytest.raises(ValueError, match="(?s)eval: .*vLLM"):
         start(cpu)
+
+
+def test_toy_presets_score_given_the_prompt_and_the_lalp_study_keeps_its_student():
+    """The toy OXA presets read PPL given the prompt (the toy student never saw a response
+    alone); the paper presets keep the official response-only PPL; the LALP study runs on the
+    student its figures were measured with."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for preset in ("toy_sft", "toy_sft_lp", "toy_oxa_mle", "toy_oxa_full"):
+            cfg = compose("config", overrides=[f"experiment={preset}"])
+            assert cfg.score.method == "ppl" and cfg.score.condition_on_prompt is True, preset
+            assert cfg.model.build.pretrain_max_multiplier == 2, preset
+        for preset in ("oxa_full_1.5b", "sft_lp_7b"):
+            cfg = compose("config", overrides=[f"experiment={preset}"])
+            assert cfg.score.condition_on_prompt is False, preset
+        for preset in sorted(p.stem for p in (CONF_DIR / "experiment").glob("toy_lalp_*.yaml")):
+            build = compose("config", overrides=[f"experiment={preset}"]).model.build
+            assert list(build.pretrain_operators) == ["+", "-", "/"], preset
+            assert build.pretrain_max_multiplier is None and build.steps == 2200, preset

@@ -37,12 +37,15 @@ from reasonft.scoring.logprobs import token_logprobs
 
 # Bump when the build procedure changes, so that old cached students are not reused.
 # 3: responses end with the prompt format's terminator; 4: pre-trained without
-# multiplication, 2,200 steps annealed to 2% lr, the FP path in the cache key.
-BUILD_VERSION = 4
+# multiplication, 2,200 steps annealed to 2% lr, the FP path in the cache key; 5: pre-trained
+# with multiplication by 2 only, 3,000 steps.
+BUILD_VERSION = 5
 BUILD_REPORT = "toy_build.json"
 DEFAULT_STYLE_MIX = {"terse": 0.6, "numbered": 0.3, "verbose": 0.1}
-# The base student never sees multiplication: the skill the teachers' traces bring.
-DEFAULT_PRETRAIN_OPERATORS = ("+", "-", "/")
+# The base student knows every operator but multiplies only by 2: the rest of the times table
+# is the skill the teachers' traces bring.
+DEFAULT_PRETRAIN_OPERATORS = OPERATORS
+DEFAULT_PRETRAIN_MAX_MULTIPLIER = 2
 
 
 def floating_point_path() -> dict[str, str]:
@@ -194,9 +197,13 @@ class ToyStudentBuilder:
         final_lr_ratio: the learning rate at the last step, as a share of `lr` (cosine decay).
         n_pretrain: problems the pre-training cycles over (never a test problem).
         pretrain_operators: the operators of the pre-training problems (+ and - among them).
-            Leaving one out gives the student a skill it lacks by construction — it cannot
-            get a problem using it right, however its training went — which the teachers'
-            traces of the train split teach.
+        pretrain_max_multiplier: the largest operand of * in pre-training (None: the world's
+            max_operand). 2 gives the student a skill it lacks by construction — the times
+            table beyond doubling: it cannot get a problem needing 3 x 4 right, however its
+            training went — which the teachers' traces of the train split teach. (Leaving *
+            out altogether does too, but then fine-tuning must bring in a new operator, and
+            a student this small trained on the traces that use it starts multiplying
+            everywhere.)
         style_mix: teacher name -> share of pre-training responses in that teacher's style.
         prompt_format: how prompts are built and responses end (`PromptFormat` or a mapping of
             its fields; conf/model/toy.yaml takes them from the data config).
@@ -218,12 +225,13 @@ class ToyStudentBuilder:
         num_kv_heads: int = 4,
         intermediate_size: int | None = None,
         vocab_size: int = 600,
-        steps: int = 2200,
+        steps: int = 3000,
         lr: float = 3e-3,
         batch_size: int = 32,
         final_lr_ratio: float = 0.02,
         n_pretrain: int = 10000,
         pretrain_operators: Sequence[str] = DEFAULT_PRETRAIN_OPERATORS,
+        pretrain_max_multiplier: int | None = DEFAULT_PRETRAIN_MAX_MULTIPLIER,
         style_mix: Mapping[str, float] | None = None,
         prompt_format: PromptFormat | Mapping[str, Any] | None = None,
         max_length: int = 512,
@@ -248,6 +256,14 @@ class ToyStudentBuilder:
                 f"model.build.pretrain_operators={operators}: use distinct operators from "
                 f"{list(OPERATORS)}, + and - among them"
             )
+        if pretrain_max_multiplier is not None and (
+            "*" not in operators or not 2 <= int(pretrain_max_multiplier) <= self.world.shape.max_operand
+        ):
+            raise ValueError(
+                f"model.build.pretrain_max_multiplier={pretrain_max_multiplier}: needs * among "
+                f"pretrain_operators and a value in 2..max_operand ({self.world.shape.max_operand}); "
+                "null for no cap"
+            )
         if not 0.0 <= final_lr_ratio <= 1.0:
             raise ValueError(f"model.build.final_lr_ratio={final_lr_ratio} must lie in [0, 1]")
         if hidden_size % num_heads or num_heads % num_kv_heads:
@@ -267,6 +283,9 @@ class ToyStudentBuilder:
         self.final_lr_ratio = float(final_lr_ratio)
         self.n_pretrain = int(n_pretrain)
         self.pretrain_operators = tuple(op for op in OPERATORS if op in operators)
+        self.pretrain_max_multiplier = (
+            None if pretrain_max_multiplier is None else int(pretrain_max_multiplier)
+        )
         total = sum(mix.values())
         self.style_mix = {name: round(float(mix[name]) / total, 12) for name in sorted(mix)}
         self.prompt_format = PromptFormat.coerce(prompt_format)
@@ -293,6 +312,7 @@ class ToyStudentBuilder:
             "final_lr_ratio": self.final_lr_ratio,
             "n_pretrain": self.n_pretrain,
             "pretrain_operators": list(self.pretrain_operators),
+            "pretrain_max_multiplier": self.pretrain_max_multiplier,
             "style_mix": self.style_mix,
             "prompt_format": self.prompt_format.as_dict(),
             "max_length": self.max_length,
@@ -329,7 +349,9 @@ class ToyStudentBuilder:
         rng = random.Random(f"reasonft-toy-student/{self.seed}")
         names = list(self.style_mix)
         weights = [self.style_mix[n] for n in names]
-        problems = self.world.pretrain_problems(self.n_pretrain, self.pretrain_operators)
+        problems = self.world.pretrain_problems(
+            self.n_pretrain, self.pretrain_operators, self.pretrain_max_multiplier
+        )
         return [(problem, rng.choices(names, weights)[0]) for problem in problems]
 
     def pretraining_examples(self, tokenizer: Any) -> list[dict[str, list[int]]]:

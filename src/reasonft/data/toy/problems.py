@@ -102,7 +102,8 @@ class ProblemShape:
     result in `0..max_value`; each operand (the number combined with the running value) in
     `1..max_operand` (`2..max_operand` for * and /), so each step is a small table fact.
     Each step's operator is drawn from the feasible ones among `operators`, which must hold
-    + and - (one of the two is always feasible, so a draw never gets stuck).
+    + and - (one of the two is always feasible, so a draw never gets stuck). `max_multiplier`
+    (None: `max_operand`) caps the operand of *: with 2, the only products are doublings.
     """
 
     min_ops: int = 1
@@ -111,6 +112,7 @@ class ProblemShape:
     max_operand: int = 9
     word_fraction: float = 0.2
     operators: tuple[str, ...] = OPERATORS
+    max_multiplier: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_ops <= self.max_ops:
@@ -137,6 +139,11 @@ class ProblemShape:
                 f"toy world: operators={list(self.operators)} must be distinct operators from "
                 f"{list(OPERATORS)} and include + and -"
             )
+        if self.max_multiplier is not None and not 2 <= self.max_multiplier <= self.max_operand:
+            raise ValueError(
+                f"toy world: max_multiplier={self.max_multiplier} must lie in 2..max_operand "
+                f"({self.max_operand})"
+            )
 
     def operand_choices(self, op: str, value: int) -> range | list[int]:
         """The operands `op` may take with the running value `value` (empty: not possible)."""
@@ -146,6 +153,7 @@ class ProblemShape:
         if op == "-":
             return range(1, min(top, value) + 1)
         if op == "*":
+            top = min(top, self.max_multiplier or top)
             return range(2, min(top, self.max_value // value) + 1) if value >= 1 else range(0)
         return [d for d in range(2, min(top, value) + 1) if value % d == 0]
 

@@ -79,7 +79,9 @@ class ToyWorld:
             raise ValueError(f"toy world: teachers is empty; choose from {list(TEACHER_STYLES)}")
         self._teachers = {name: make_teacher(name, self.slip_rate) for name in self.teachers}
         self._problems: dict[str, list[Problem]] = {}
-        self._pretrain: dict[tuple[str, ...], tuple[list[Problem], Iterator[Problem]]] = {}
+        self._pretrain: dict[
+            tuple[tuple[str, ...], int | None], tuple[list[Problem], Iterator[Problem]]
+        ] = {}
 
     def settings(self) -> dict[str, Any]:
         """The constructor arguments: everything the world's content depends on."""
@@ -124,15 +126,19 @@ class ToyWorld:
         self._generate_splits()
         return self._problems[split]
 
-    def pretrain_problems(self, n: int, operators: Sequence[str] = OPERATORS) -> list[Problem]:
+    def pretrain_problems(
+        self, n: int, operators: Sequence[str] = OPERATORS, max_multiplier: int | None = None
+    ) -> list[Problem]:
         """`n` problems for pre-training the base student: never a test problem.
 
         They are drawn afresh (not deduplicated): the space of one-operation problems is small,
         so they may repeat each other or a training problem — a student that never saw a short
         problem would not learn when to stop. `operators` (which must hold + and -) limits the
         operators they use: a student pre-trained without one has a skill to learn from the
-        teachers. Each operator set draws from its own seeded stream; all four give the stream
-        the world always had.
+        teachers. `max_multiplier` caps the operand of * (2: the student learns the operator
+        and doublings, not the rest of the times table). Each operator set and cap draws from
+        its own seeded stream; all four operators and no cap give the stream the world always
+        had.
         """
         key = tuple(op for op in OPERATORS if op in operators)
         if len(key) != len(operators):
@@ -140,14 +146,17 @@ class ToyWorld:
                 f"toy world: pre-training operators={list(operators)} must be distinct operators "
                 f"from {list(OPERATORS)}"
             )
-        if key not in self._pretrain:
+        cap = None if max_multiplier is None else int(max_multiplier)
+        if (key, cap) not in self._pretrain:
             self._generate_splits()
             test_expressions = {p.expression for p in self._problems["test"]}
-            shape = dataclasses.replace(self.shape, operators=key)
+            shape = dataclasses.replace(self.shape, operators=key, max_multiplier=cap)
             seed_name = "pretrain" if key == OPERATORS else f"pretrain/{''.join(key)}"
+            if cap is not None:
+                seed_name += f"/x{cap}"
             stream = self._stream("pretrain", test_expressions, False, shape, seed_name)
-            self._pretrain[key] = ([], stream)
-        cached, stream = self._pretrain[key]
+            self._pretrain[(key, cap)] = ([], stream)
+        cached, stream = self._pretrain[(key, cap)]
         if len(cached) < n:
             cached.extend(itertools.islice(stream, n - len(cached)))
         return cached[:n]
