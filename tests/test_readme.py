@@ -158,6 +158,27 @@ def test_readme_command_composes_and_starts(command, placeholders, tmp_path):
                     start(cfg)
 
 
+# The start-up errors the README quotes inline: (`override` → `the message, maybe cut with ...`).
+QUOTED_ERROR = re.compile(r"`(?:python run\.py )?([\w.]+=[^`\s]+)` → `([^`]+)`")
+
+
+def quoted_startup_errors() -> list[tuple[str, str]]:
+    pairs = [(o, " ".join(m.split()).removesuffix("...").strip()) for o, m in QUOTED_ERROR.findall(README)]
+    return [(o, m) for o, m in pairs if m]
+
+
+def test_the_startup_errors_the_readme_quotes_are_the_ones_printed(tmp_path):
+    pairs = quoted_startup_errors()
+    assert any(o == "train.micro_batch_size=3" for o, _ in pairs), pairs
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for override, message in pairs:
+            with pytest.raises(Exception) as raised:
+                cfg = compose("config", overrides=[override, f"paths.output_dir={tmp_path}",
+                                                   f"paths.cache_dir={tmp_path}/cache"])
+                start(cfg)
+            assert message in " ".join(str(raised.value).split()), (override, str(raised.value))
+
+
 def _run(overrides: list[str], tmp_path: Path) -> Pipeline:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(
