@@ -124,7 +124,10 @@ def main() -> None:
     for name, values in rows.items():
         cells = [spread([v[c[0]] for v in values]) for c in COLUMNS]
         table.append(f"| {name} | " + " | ".join(cells) + " |")
-    per_seed = {name: [v["greedy accuracy"] for v in values] for name, values in rows.items()}
+    per_seed = {
+        column: {name: [round(v[column], 4) for v in values] for name, values in rows.items()}
+        for column in ("greedy accuracy", "Pass@1")
+    }
 
     sweep: dict[str, dict[str, float]] = {}
     seed = args.build_seeds[0]
@@ -149,7 +152,8 @@ def main() -> None:
     minutes = (time.perf_counter() - started) / 60
     print(f"## The four recipes, mean ± half-range over build seeds {args.build_seeds}\n")
     print("\n".join(table))
-    print(f"\ngreedy accuracy per build seed: {json.dumps(per_seed)}")
+    for column, values in per_seed.items():
+        print(f"\n{column} per build seed: {json.dumps(values)}")
     if sweep:
         print(f"\n## lambda sweep (build seed {seed}; UL = the {len(ul)} suppressed responses)\n")
         print("\n".join(sweep_table))
