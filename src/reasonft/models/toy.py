@@ -2,10 +2,10 @@
 
 The base student is the real Qwen2 architecture, pre-trained (plain torch loop — this is
 world-building, not the product's training path) on teacher responses drawn with a style mix
-biased toward some teachers, on problems without multiplication. So it finds some teachers more
-natural than others (lower PPL), and it is wrong on every problem that multiplies — a share
-fixed by the test split, not by how its training went on this machine — leaving fine-tuning a
-skill to teach. The result is an ordinary checkpoint folder (config + weights + tokenizer),
+biased toward some teachers, on problems that multiply only by 2. So it finds some teachers more
+natural than others (lower PPL), and it is wrong on every problem that needs the rest of the times
+table — a share fixed by the test split, not by how its training went on this machine — leaving
+fine-tuning a skill to teach. The result is an ordinary checkpoint folder (config + weights + tokenizer),
 cached under a hash of every setting it depends on (the floating-point path included) and
 loaded back through `AutoModelForCausalLM` / `AutoTokenizer` like any real checkpoint.
 """
