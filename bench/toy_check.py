@@ -47,6 +47,15 @@ def _value(text: str) -> Any:
         return text
 
 
+def default_world_and_build() -> tuple[Any, dict[str, Any]]:
+    """The default toy world and the default `model.build` settings, resolved (the prompt format
+    interpolates data keys) and without the world, to update and instantiate with `world=`."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["model=toy", "data=toy"])
+    build = OmegaConf.to_container(cfg.model.build, resolve=True)
+    return instantiate(cfg.data.source), {k: v for k, v in build.items() if k != "world"}
+
+
 def greedy_accuracy(model, tokenizer, world) -> tuple[float, dict[int, float]]:
     problems = world.problem_list("test")
     samples = HFGenerator(n=1, temperature=0, max_new_tokens=160, batch_size=200, progress=False).generate(
@@ -95,17 +104,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["model=toy", "data=toy"])
-    world = instantiate(cfg.data.source)
+    world, default_build = default_world_and_build()
     variants = {"default": {}}
     for spec in args.variant:
         variants[spec] = {k: _value(v) for k, v in (item.split("=", 1) for item in spec.split(","))}
 
     results = {}
     for name, changes in variants.items():
-        build_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model.build, resolve=True).items() if k != "world"}
-        build_cfg.update(changes)
+        build_cfg = {**default_build, **changes}
         results[name] = check(build_cfg, world, args.sft_steps, args.sft_lr, args.cache)
 
     table = Table(title=f"toy students (test split, greedy; plain SFT {args.sft_steps} steps x 32, lr {args.sft_lr})")

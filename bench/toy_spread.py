@@ -57,19 +57,15 @@ def worker(seed: int, threads: int, changes: dict[str, Any], cache: Path) -> dic
     """Build one student in this process (its FP path) and measure it."""
     import torch
     import transformers
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-    from toy_check import greedy_accuracy  # the sibling script: the same accuracy check
 
-    from reasonft.config import CONF_DIR
+    # the sibling script: the same accuracy check and the same default settings
+    from toy_check import default_world_and_build, greedy_accuracy
+
     from reasonft.models.loading import load_student, load_tokenizer
 
     torch.set_num_threads(threads)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["model=toy", "data=toy"])
-    world = instantiate(cfg.data.source)
-    build_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model.build, resolve=True).items() if k != "world"}
+    world, build_cfg = default_world_and_build()
     build_cfg.update(changes)
     build_cfg.update(seed=seed, num_threads=threads)
     builder = instantiate(build_cfg, world=world)
