@@ -85,14 +85,11 @@ def test_the_readme_shows_commands():
 
 
 @pytest.fixture(scope="module")
-def placeholders(tmp_path_factory, tiny_model, tiny_tokenizer):
-    """Real files in place of the README's /ckpt/... and /data/... paths."""
-    from reasonft.models.tokenizer import save_tokenizer
-
+def placeholders(tmp_path_factory, smollm2_path):
+    """Real files in place of the README's /ckpt/... and /data/... paths: the real pretrained
+    student (SmolLM2-135M-Instruct, converted) for every checkpoint, small teacher pools."""
     root = tmp_path_factory.mktemp("readme")
-    ckpt = root / "ckpt"
-    tiny_model.save_pretrained(ckpt)
-    save_tokenizer(tiny_tokenizer, ckpt)
+    ckpt = smollm2_path
     traces = root / "r1_traces.jsonl"
     rows = [
         {"problem": "What is 1 + 1?", "answer": "2", "generation": "<think>1+1=2</think> \\boxed{2}", "model": "R1"},

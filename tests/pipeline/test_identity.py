@@ -181,6 +181,7 @@ def test_pipeline_base_key_of_a_local_checkpoint_follows_its_files(tmp_path):
     def base_key(*extra: str) -> str:
         cfg = _composed(
             "model=hf",
+            "data=toy_real",  # a pretrained model refuses data=toy's prompt format
             "stages=[evaluate]",
             f"model.path={ckpt}",
             f"paths.cache_dir={tmp_path / 'cache'}",

@@ -32,14 +32,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.strategies import Strategy
-from transformers import PreTrainedTokenizerFast
 
 from reasonft.data.prompts import PromptFormat
 from reasonft.io import atomic_path, write_json
-from reasonft.models.tokenizer import save_tokenizer
+from reasonft.models.tokenizer import check_tokenizer_reload
 from reasonft.training.datamodule import RecordsDataModule
 from reasonft.training.losses import LossComposition
 from reasonft.training.module import StudentModule
+from reasonft.training.precision import is_pure_low_precision, precision_note
 from reasonft.training.sampler import accumulation_steps
 from reasonft.training.strategies import full_state_dict
 
@@ -129,6 +129,10 @@ def check_train_config(cfg: DictConfig, loss: LossComposition) -> None:
     impossible size stops before any stage runs."""
     from reasonft.training.module import check_optimization
 
+    precision = cfg.trainer.get("precision")
+    note = precision_note(precision, (cfg.get("model") or {}).get("dtype"))
+    if note:
+        log.log(logging.WARNING if is_pure_low_precision(precision) else logging.INFO, note)
     check_optimization(
         build_partial(cfg.train.optimizer, "train.optimizer"),
         build_partial(cfg.train.scheduler, "train.scheduler", optional=True),
@@ -144,15 +148,20 @@ def check_train_config(cfg: DictConfig, loss: LossComposition) -> None:
         raise ValueError(f"trainer: {err}") from err
 
 
-def save_student(model: Any, tokenizer: Any, path: Path, state_dict: dict[str, Any] | None = None) -> None:
+def save_student(
+    model: Any,
+    tokenizer: Any,
+    path: Path,
+    state_dict: dict[str, Any] | None = None,
+    texts: list[str] | tuple[str, ...] = (),
+) -> None:
     """`save_pretrained` of model (with `state_dict` when given: the gathered full weights of a
-    sharded model) and tokenizer into `path`, atomically."""
+    sharded model) and tokenizer into `path`, atomically. The saved tokenizer is reloaded as
+    every later stage loads it and must encode `texts` (the training texts) to the same ids."""
     with atomic_path(path) as tmp:
         model.save_pretrained(tmp, state_dict=state_dict)
-        if type(tokenizer) is PreTrainedTokenizerFast:
-            save_tokenizer(tokenizer, tmp)
-        else:
-            tokenizer.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        check_tokenizer_reload(tokenizer, tmp, texts)
 
 
 def train_student(
@@ -205,7 +214,7 @@ def train_student(
     model_dir = out_dir / "model"
     gathered = full_state_dict(trainer, model)  # collective: every rank takes part
     if trainer.is_global_zero:
-        save_student(model, tokenizer, model_dir, state_dict=gathered)
+        save_student(model, tokenizer, model_dir, state_dict=gathered, texts=datamodule.sample_texts())
         report = {
             "data": datamodule.report,
             "world_size": trainer.world_size,
