@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from reasonft.data.prompts import PromptFormat
 from reasonft.data.records import SCORE_COLUMNS
+from reasonft.pipeline.bounds import check_bounds
 from reasonft.pipeline.plan import Plan, make_plan
 from reasonft.selection.teacher_rank import TeacherRanker
 from reasonft.sweep import check_launch
@@ -77,6 +78,7 @@ def check_importable(cfg: DictConfig, group: str) -> None:
 def start(cfg: DictConfig) -> Components:
     """Build the components `cfg.stages` needs and resolve the stage plan; raise on any error."""
     requested = [str(s) for s in cfg.stages]
+    check_bounds(cfg)
     source = build("data.source", cfg.data.source)
     selector = None
     if {"select", "train"} & set(requested):  # the only outputs that read a selection
