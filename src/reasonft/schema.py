@@ -16,6 +16,7 @@ from omegaconf import MISSING
 class EpochEnd(str, Enum):
     shortest = "shortest"  # an epoch ends when either pool cannot fill a step (official)
     ce = "ce"              # CE sets the epoch, UL cycles
+    official = "official"  # the official sampler: micro-steps, a partial last step (sampler.py)
 
 
 class SettingsFor(str, Enum):

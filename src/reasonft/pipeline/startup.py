@@ -18,6 +18,8 @@ from omegaconf import DictConfig
 from reasonft.data.prompts import PromptFormat
 from reasonft.data.records import SCORE_COLUMNS
 from reasonft.models.gguf import is_gguf
+from reasonft.pipeline.bounds import check_bounds
+from reasonft.pipeline.cache_dir import check_cache_dir
 from reasonft.pipeline.plan import Plan, make_plan
 from reasonft.selection.teacher_rank import TeacherRanker
 from reasonft.sweep import check_launch
@@ -122,6 +124,8 @@ def check_importable(cfg: DictConfig, group: str) -> None:
 def start(cfg: DictConfig) -> Components:
     """Build the components `cfg.stages` needs and resolve the stage plan; raise on any error."""
     requested = [str(s) for s in cfg.stages]
+    check_bounds(cfg)
+    check_cache_dir(cfg.get("paths"))
     source = build("data.source", cfg.data.source)
     selector = None
     if {"select", "train"} & set(requested):  # the only outputs that read a selection

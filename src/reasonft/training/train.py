@@ -123,12 +123,32 @@ def build_partial(node: DictConfig | None, key: str, optional: bool = False) -> 
     return instantiate(node, _convert_="all")
 
 
+class NoTrainingStep(RuntimeError):
+    """A fit that took no optimiser step: there is no trained model to report."""
+
+
+# Trainer keys that, at 0, let a fit end without one optimiser step.
+ZERO_STEP_KEYS = ("max_epochs", "max_steps", "limit_train_batches")
+
+
+def check_takes_steps(trainer: DictConfig) -> None:
+    """A Trainer setting that trains nothing stops at start-up, naming its key."""
+    for key in ZERO_STEP_KEYS:
+        value = trainer.get(key)
+        if value is not None and not isinstance(value, bool) and value == 0:
+            raise ValueError(
+                f"trainer.{key}={value}: the fit would take no optimiser step and report the "
+                "base student as trained; give it a positive value (max_steps=-1: no step limit)"
+            )
+
+
 def check_train_config(cfg: DictConfig, loss: LossComposition) -> None:
     """At start-up: the optimiser and schedule build (on a probe parameter), and the Trainer
     builds with its strategy and the derived accumulation, so that a wrongly typed value or an
     impossible size stops before any stage runs."""
     from reasonft.training.module import check_optimization
 
+    check_takes_steps(cfg.trainer)
     precision = cfg.trainer.get("precision")
     note = precision_note(precision, (cfg.get("model") or {}).get("dtype"))
     if note:
@@ -209,6 +229,14 @@ def train_student(
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
     trainer.fit(module, datamodule=datamodule, ckpt_path=train.ckpt_path)
+    if trainer.global_step == 0:
+        raise NoTrainingStep(
+            f"train: the fit ended after {trainer.current_epoch} epoch(s) without one optimiser "
+            f"step (trainer.max_epochs={cfg.trainer.get('max_epochs')}, trainer.max_steps="
+            f"{cfg.trainer.get('max_steps')}, trainer.limit_train_batches="
+            f"{cfg.trainer.get('limit_train_batches')}, {len(datamodule.sampler or [])} "
+            "micro-batches per epoch); no trained model is written"
+        )
 
     out_dir = Path(out_dir)
     model_dir = out_dir / "model"
