@@ -91,6 +91,7 @@ def placeholders(tmp_path_factory, smollm2_path):
     student (SmolLM2-135M-Instruct, converted) for every checkpoint, small teacher pools."""
     root = tmp_path_factory.mktemp("readme")
     ckpt = smollm2_path
+    gguf = next((smollm2_path.parent / "packages").rglob("*.gguf"))  # what it was converted from
     traces = root / "r1_traces.jsonl"
     rows = [
         {"problem": "What is 1 + 1?", "answer": "2", "generation": "<think>1+1=2</think> \\boxed{2}", "model": "R1"},
@@ -101,10 +102,11 @@ def placeholders(tmp_path_factory, smollm2_path):
     import pandas as pd
 
     pd.DataFrame(rows).to_parquet(parquet)
-    return {"ckpt": ckpt, "jsonl": traces, "parquet": parquet, "root": root}
+    return {"ckpt": ckpt, "gguf": gguf, "jsonl": traces, "parquet": parquet, "root": root}
 
 
 def _substitute(token: str, files: dict[str, Path]) -> str:
+    token = re.sub(r"/ckpt/[\w.\-]+\.gguf", str(files["gguf"]), token)
     token = re.sub(r"/ckpt/[\w.\-]+", str(files["ckpt"]), token)
     token = re.sub(r"/data/[\w.\-]+\.jsonl", str(files["jsonl"]), token)
     return re.sub(r"/data/[\w.\-]+\.parquet", str(files["parquet"]), token)
@@ -245,7 +247,7 @@ def test_every_recipe_of_the_multirun_runs_end_to_end(recipe, shared_cache, tmp_
 @needs_shared(BENCHMARKS)
 @pytest.mark.slow
 def test_evaluation_only_recipe_runs_on_a_local_checkpoint(tmp_path, placeholders):
-    [command] = [c for c in run_commands() if "eval=math500" in c]
+    [command] = [c for c in run_commands() if "eval=math500" in c and ".gguf" not in c]
     overrides = [_substitute(t, placeholders) for t in shlex.split(command)[2:]]
     tiny = ["eval.benchmarks.MATH500.limit=2", "eval.benchmarks.MATH500.n_samples=2", "eval.ks=[1,2]",
             "eval.generator.max_new_tokens=8", "model.dtype=float32", "logger=none"]
