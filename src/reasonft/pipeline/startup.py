@@ -37,6 +37,8 @@ class Components:
     selector: Any = None
     loss: Any = None
     evaluator: Any = None
+    rl: Any = None
+    rl_world_size: int = 1
 
 
 def build(key: str, node: Any, **kwargs: Any) -> Any:
@@ -110,8 +112,24 @@ def start(cfg: DictConfig) -> Components:
         check_importable(cfg, "callbacks")
     if "evaluate" in stages:
         parts.evaluator = build("eval", cfg.eval)
+    if "rl" in stages:
+        _check_rl(cfg, parts)
     check_launch(cfg)
     return parts
+
+
+def _check_rl(cfg: DictConfig, parts: Components) -> None:
+    """The GRPO recipe builds, and this machine and launch can run it (reasonft.rl)."""
+    import torch
+
+    from reasonft.rl.launch import check_rl_launch
+
+    parts.rl = build("rl", cfg.rl)
+    parts.rl_world_size = check_rl_launch(cfg)
+    parts.rl.check_machine(
+        parts.rl_world_size, torch.cuda.is_available(), cfg.trainer.get("accelerator")
+    )
+    check_importable(cfg, "logger")
 
 
 def _scorer_for(cfg: DictConfig, plan: Plan, prompt_format: PromptFormat) -> Any:
