@@ -98,6 +98,7 @@ def run_grpo(
     import torch
     from accelerate import PartialState
     from accelerate.utils import gather_object
+    from transformers.trainer_callback import PrinterCallback
     from trl import GRPOTrainer
 
     from reasonft.generation.hf import stop_token_ids
@@ -137,6 +138,7 @@ def run_grpo(
         processing_class=tokenizer,
         callbacks=[*own, *callbacks],
     )
+    trainer.remove_callback(PrinterCallback)  # the metrics go to the loggers, not to stdout
     resume = last_checkpoint(ckpt_dir) if recipe.resume else None
     if resume:
         log.info("rl: resuming from %s", resume)
@@ -162,6 +164,8 @@ def run_grpo(
         "processes": int(state.num_processes),
         "sequences_per_step": recipe.sequences_per_step,
         "data": data_report,
+        "dropped_overlong_prompts": data_report["dropped_overlong_prompts"],
+        "reward_status": {s: int(counts[s]) for s in STATUSES},
         "rewards": {
             "rollouts": total,
             "grader": reward.report()["grader"],
