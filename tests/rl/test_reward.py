@@ -99,3 +99,22 @@ def test_a_run_can_choose_the_evaluation_or_the_default_grader():
     assert default.rl.reward.answer_rule == "last_think"
     reward = VerifierReward(instantiate({**default.rl.reward, "show_progress": False}))
     assert reward(completions=["\\boxed{7}"], answer=["7"]) == [1.0]  # no </think> needed there
+
+
+def test_kept_workers_give_the_same_verdicts_from_one_warm_pool():
+    verifier = _verifier(timeout=5.0)
+    records = [
+        {"prompt_id": str(i), "response": f"<think>x</think> \\boxed{{{i % 3}}}", "answer": "1"}
+        for i in range(6)
+    ]
+    plain, _ = verifier(records)
+    with verifier.kept_workers():
+        pids = [w.process.pid for w in verifier._kept.workers]
+        first, _ = verifier(records)
+        second, report = verifier(records)
+        assert [w.process.pid for w in verifier._kept.workers] == pids  # no worker started again
+    assert verifier._kept is None
+    expected = ["incorrect", "correct", "incorrect"] * 2
+    for out in (plain, first, second):
+        assert [r["verify_status"] for r in out] == expected
+    assert report["workers_replaced"] == 0

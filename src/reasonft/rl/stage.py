@@ -15,6 +15,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,12 @@ def run_grpo(
     resume = last_checkpoint(ckpt_dir) if recipe.resume else None
     if resume:
         log.info("rl: resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
+    with ExitStack() as stack:
+        # One warm pool of grader workers for the whole run (not one started per step).
+        for grader in (recipe.reward, getattr(evaluator, "verifier", None)):
+            if hasattr(grader, "kept_workers"):
+                stack.enter_context(grader.kept_workers())
+        result = trainer.train(resume_from_checkpoint=resume)
     counts: Counter[str] = Counter()
     for part in gather_object([dict(reward.counts)]):
         counts.update(part)

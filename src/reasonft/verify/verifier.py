@@ -403,6 +403,22 @@ class Verifier:
         self.verify_fn = verify_fn
         self.start_method = start_method
         self.show_progress = show_progress
+        self._kept: _Pool | None = None
+
+    @contextmanager
+    def kept_workers(self) -> Iterator[Verifier]:
+        """Calls inside the block share one pool of workers, started and warmed up once, instead
+        of a pool per call: for many small calls (an RL reward every step), where starting
+        workers would cost more than verifying."""
+        if self._kept is not None:
+            yield self
+            return
+        self._kept = _Pool(self.workers, self.verify_fn, self.start_method, self.timeout)
+        try:
+            yield self
+        finally:
+            self._kept.close()
+            self._kept = None
 
     @property
     def grader(self) -> str:
@@ -460,19 +476,21 @@ class Verifier:
             task = bar.add_task("verify", total=n - len(to_compare) + len(comparisons))
             bar.advance(task, n - len(to_compare))
             if comparisons:
-                pool = _Pool(
+                pool = self._kept or _Pool(
                     min(self.workers, len(comparisons)),
                     self.verify_fn,
                     self.start_method,
                     self.timeout,
                 )
+                replaced_before = pool.replaced
                 try:
                     for (index, k), status, note in pool.run(iter(comparisons)):
                         results[index][k] = (status, note)
                         bar.advance(task)
                 finally:
-                    pool.close()
-                replaced = pool.replaced
+                    if pool is not self._kept:
+                        pool.close()
+                replaced = pool.replaced - replaced_before
         by_alternative = 0
         for index, forms in results.items():
             status, note = forms[0]
