@@ -48,6 +48,7 @@ COLUMNS = (
     ("Pass@8 final", "final_pass@8"),
     ("reward first step", "first_reward"),
     ("reward last step", "last_reward"),
+    ("groups of one outcome", "zero_std_share"),
     ("RL wall s", "seconds"),
 )
 
@@ -78,6 +79,11 @@ def _at(rows: list[dict[str, Any]], key: str, last: bool = False) -> float | Non
     return values[-1] if last else values[0]
 
 
+def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if key in r]
+    return statistics.fmean(values) if values else None
+
+
 def summarise(start: str, seed: int, rows: list[dict[str, Any]], report: dict[str, Any]) -> dict[str, Any]:
     return {
         "start": start,
@@ -90,6 +96,8 @@ def summarise(start: str, seed: int, rows: list[dict[str, Any]], report: dict[st
         "final_pass@8": _at(rows, "val/pass@8", last=True),
         "first_reward": _at(rows, "reward"),
         "last_reward": _at(rows, "reward", last=True),
+        # the share of prompt groups whose samples all scored alike: no advantage, no gradient
+        "zero_std_share": _mean(rows, "frac_reward_zero_std"),
         "seconds": report.get("seconds"),
         "steps": report.get("steps"),
         "reward_status": report.get("rewards", {}).get("status"),
