@@ -95,6 +95,7 @@ def _set(config: dict, path: str, value: Any) -> None:
     node[leaf] = value
 
 
+@pytest.mark.slow
 def test_rl_key_changes_with_each_key_it_reads_and_no_other(tmp_path):
     pipeline = Pipeline(_compose(f"paths.cache_dir={tmp_path}", "stages=[rl,report]"))
     original = pipeline.config
