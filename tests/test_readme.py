@@ -139,6 +139,8 @@ def expected_error(overrides: list[str]) -> str | None:
         return "gpu"
     if ("eval=oxa6" in text or paper) and "generate@eval.generator=hf" not in text and not HAS_VLLM:
         return "vLLM"
+    if "rl=oxa_paper" in text and not (HAS_VLLM and HAS_CUDA):  # rollouts by vLLM on GPUs
+        return "rl.use_vllm"
     return None
 
 

@@ -74,6 +74,7 @@ class RunConfig:
     logger: Any = None
     callbacks: Any = None
     eval: Any = None
+    rl: Any = None
     experiment: Any = None
     hparams_search: Any = None
 

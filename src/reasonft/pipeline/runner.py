@@ -54,9 +54,12 @@ UPSTREAM_ATTR = {
     "score": "scored",
     "select": "selected",
     "train": "trained",
+    "rl": "reinforced",
 }
 # What a user looks at, copied from each artifact into the run folder.
-SHOWN_FILES = ("*.md", "*.png", "report.json", "selection_report.json", "train_report.json")
+SHOWN_FILES = (
+    "*.md", "*.png", "report.json", "selection_report.json", "train_report.json", "rl_report.json"
+)
 
 
 class Pipeline:
@@ -127,7 +130,7 @@ class Pipeline:
             # The builder's folder name hashes what the config cannot show (its code version).
             identity = {"folder": builder.folder_name()} if hasattr(builder, "folder_name") else {}
             return config, identity
-        if stage in ("generate", "verify", "evaluate"):
+        if stage in ("generate", "verify", "evaluate", "rl"):
             config["data_version"] = self._data_identity()
         model: dict[str, Any] = {"model": self.model_identity}
         if "base" in self.plan.stages:
@@ -145,8 +148,15 @@ class Pipeline:
             return config, {self._select_reads: up(self._select_reads)}
         if stage == "train":
             return config, {"select": up("select"), **model}
+        if stage == "rl":
+            # The starting checkpoint: the fine-tuned student when train is part of the run.
+            if "train" in self.plan.stages:
+                return config, {"train": up("train"), "load": self.model_identity["load"]}
+            return config, model
         if stage == "evaluate" and tag == "trained":
             return config, {"train": up("train"), "load": self.model_identity["load"]}
+        if stage == "evaluate" and tag == "rl":
+            return config, {"rl": up("rl"), "load": self.model_identity["load"]}
         if stage == "evaluate":
             return config, model
         raise ValueError(f"no artifact {name!r}")
@@ -165,6 +175,8 @@ class Pipeline:
             names.append("evaluate:base")
             if self.plan.evaluate_trained:
                 names.append("evaluate:trained")
+            if self.plan.evaluate_rl:
+                names.append("evaluate:rl")
         return {name: self.key(name) for name in names}
 
     def _record(self, artifact: Artifact, label: str | None = None) -> Artifact:
@@ -399,6 +411,41 @@ class Pipeline:
         trained = self.trained
         return str(trained.path / trained.meta()["summary"]["model"])
 
+    # -- rl: GRPO from the fine-tuned (or base) student ------------------------------------------
+    @cached_property
+    def reinforced(self) -> Artifact:
+        from hydra.utils import instantiate
+
+        from reasonft.rl.stage import run_grpo
+
+        # Checkpoints beside the artifact, keyed like it: the same command resumes a killed run.
+        ckpt_dir = self.store.path("rl", self.key("rl")).with_suffix(".checkpoints")
+        start = self.trained_model_path() if "train" in self.plan.stages else self.base_path
+
+        def produce(tmp: Path) -> dict[str, Any]:
+            model, tok = self.load_model(start)
+            model.train()
+            loggers = []
+            if is_rank_zero_process():
+                loggers = [instantiate(n) for n in (self.cfg.get("logger") or {}).values() if n]
+            recipe = self.parts.rl
+            report = run_grpo(
+                recipe, model, tok, self.parts.source.problems(recipe.split), tmp, ckpt_dir,
+                prompt_format=self.prompt_format, data_source=self.parts.source, loggers=loggers,
+                config_overrides=self.config["model"].get("config_overrides") or None,
+                world_size=self.parts.rl_world_size, title=f"GRPO from {Path(start).name}",
+            )
+            if report:
+                log_model(self.wandb_run, str(tmp / report["model"]))
+            return {"start": start, **report}
+
+        return self._build_on_every_rank("rl", produce)
+
+    def rl_model_path(self) -> str:
+        """The GRPO policy's checkpoint folder (inside the rl artifact)."""
+        art = self.reinforced
+        return str(art.path / art.meta()["summary"]["model"])
+
     # -- evaluate ------------------------------------------------------------------------------
     def evaluate(self, tag: str, model_path: str) -> dict[str, Any]:
         def produce(tmp: Path) -> dict[str, Any]:
@@ -430,6 +477,7 @@ class Pipeline:
             ("score", "scored"),
             ("select", "selected"),
             ("train", "trained"),
+            ("rl", "reinforced"),
         ):
             if stage in stages:
                 getattr(self, attr)
@@ -439,6 +487,8 @@ class Pipeline:
             self.results["base"] = self.evaluate("base", self.base_path)
             if self.plan.evaluate_trained:
                 self.results["trained"] = self.evaluate("trained", self.trained_model_path())
+            if self.plan.evaluate_rl:
+                self.results["rl"] = self.evaluate("rl", self.rl_model_path())
         if self.results:
             log_eval_table(self.wandb_run, self.results)
         self.shown = self._show_files()

@@ -44,6 +44,8 @@ class Components:
     selector: Any = None
     loss: Any = None
     evaluator: Any = None
+    rl: Any = None
+    rl_world_size: int = 1
 
 
 def build(key: str, node: Any, **kwargs: Any) -> Any:
@@ -83,7 +85,7 @@ def check_settings_fit_model(cfg: DictConfig, stages: set[str]) -> None:
     if not model.get("pretrained", False):
         return
     found = []
-    trains = bool(stages & {"generate", "score", "select", "train"})
+    trains = bool(stages & {"generate", "score", "select", "train", "rl"})
     settings_for = cfg.get("settings_for", "toy")
     if trains and getattr(settings_for, "value", settings_for) == "toy":
         found.append(
@@ -142,13 +144,13 @@ def start(cfg: DictConfig) -> Components:
         plan=plan, source=source, prompt_format=PromptFormat.from_config(cfg.data), selector=selector
     )
     stages = set(plan.stages)
-    if stages & {"generate", "score", "train", "evaluate"}:  # the stages that load the model
+    if stages & {"generate", "score", "train", "rl", "evaluate"}:  # the stages that load the model
         check_settings_fit_model(cfg, stages)
     if gguf_file:  # converted once by the base stage, then a local checkpoint like any other
         parts.builder = build("model.path", {"_target_": GGUF_STUDENT, "file": cfg.model.path})
     elif "base" in stages:
         parts.builder = build("model.build", cfg.model.build)
-    elif stages & {"generate", "score", "train", "evaluate"}:
+    elif stages & {"generate", "score", "train", "rl", "evaluate"}:
         check_model_path(cfg.model.path)
     if "generate" in stages:
         parts.generator = build("generate", cfg.generate)
@@ -164,8 +166,24 @@ def start(cfg: DictConfig) -> Components:
         check_importable(cfg, "callbacks")
     if "evaluate" in stages:
         parts.evaluator = build("eval", cfg.eval)
+    if "rl" in stages:
+        _check_rl(cfg, parts)
     check_launch(cfg)
     return parts
+
+
+def _check_rl(cfg: DictConfig, parts: Components) -> None:
+    """The GRPO recipe builds, and this machine and launch can run it (reasonft.rl)."""
+    import torch
+
+    from reasonft.rl.launch import check_rl_launch
+
+    parts.rl = build("rl", cfg.rl)
+    parts.rl_world_size = check_rl_launch(cfg)
+    parts.rl.check_machine(
+        parts.rl_world_size, torch.cuda.is_available(), cfg.trainer.get("accelerator")
+    )
+    check_importable(cfg, "logger")
 
 
 def _scorer_for(cfg: DictConfig, plan: Plan, prompt_format: PromptFormat) -> Any:
