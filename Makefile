@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # machine the CUDA build of the same version.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-fast lint bench clean-cache wheels gpu-check-dry lock check-latest
+.PHONY: demo test test-fast lint bench clean-cache wheels gpu-check-dry lock check-latest compare
 
 # constraints.txt holds the versions the suite was run green with: a fresh clone installs those.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -33,6 +33,12 @@ check-latest:
 
 demo: $(VENV)/.installed
 	$(PY) run.py $(ARGS)
+
+# A sweep's comparison table and plot, again or for a sweep that stopped early:
+#   make compare SWEEP=multirun/<date>_<id>
+compare: $(VENV)/.installed
+	@test -n "$(SWEEP)" || (echo "usage: make compare SWEEP=multirun/<date>_<id>" >&2; exit 2)
+	$(PY) -m reasonft.compare $(SWEEP)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(ARGS)

@@ -120,3 +120,34 @@ def test_unreadable_results_name_the_file(tmp_path, corrupt):
     (folder / corrupt).write_text("{not json")
     with pytest.raises(ValueError, match="0_job"):
         compare(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_multirun_writes_its_comparison(tmp_path):
+    """A real multirun (one recipe, seeds 1 and 2, on a miniature toy world): the comparison at its
+    root with the seeds pooled, the seed in every sub-folder name, run titles with their list
+    overrides and each run's base-and-trained plot."""
+    from pipeline.test_pipeline import TINY
+
+    sweep = tmp_path / "sweep"
+    overrides = ["stages=[train,evaluate,report]", *TINY, f"paths.cache_dir={tmp_path / 'cache'}"]
+    command = [sys.executable, "run.py", "-m", "seed=1,2", *overrides, f"hydra.sweep.dir={sweep}"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folders = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert [name[-6:] for name in folders] == ["_seed1", "_seed2"], folders
+    data = json.loads((sweep / COMPARISON_JSON).read_text())
+    assert data["finished"] == 2 and [j["seed"] for j in data["jobs"]] == [1, 2]
+    [group] = data["groups"]
+    assert group["overrides"] == " ".join(overrides) and group["seeds"] == [1, 2]
+    values = [j["trained"]["pass@1"] for j in data["jobs"]]
+    assert math.isclose(group["pass@1"]["mean"], sum(values) / 2)
+    assert math.isclose(group["pass@1"]["std"], abs(values[0] - values[1]) / math.sqrt(2))
+    # the base student is evaluated with each run's seed: one row per seed
+    assert [b["seed"] for b in data["base_students"]] == [1, 2]
+    assert len({j["artifacts"]["train"] for j in data["jobs"]}) == 2
+    assert (sweep / COMPARISON_PNG).stat().st_size > 10_000
+    run = sweep / folders[0]
+    assert "stages=[train,evaluate,report]" in (run / "results.md").read_text().splitlines()[0]
+    assert "stages=[train,evaluate,report]" in done.stdout  # the printed title too
+    assert (run / COMPARISON_PNG).is_file()

@@ -157,7 +157,9 @@ def compare(sweep_dir: str | Path) -> dict[str, Any]:
     for job in jobs:
         key = job.keys.get("evaluate:base", "")
         if job.base is not None and key not in bases:
-            bases[key] = {"evaluate_key": key, "first_job": job.folder.name, **job.base.as_dict()}
+            # one per evaluation of a base student (the evaluation's seed is the run's)
+            bases[key] = {"evaluate_key": key, "first_job": job.folder.name, "seed": job.seed,
+                          **job.base.as_dict()}
     groups: dict[str, list[Job]] = {}
     for job in jobs:
         groups.setdefault(job.group, []).append(job)
@@ -265,7 +267,7 @@ def to_markdown(comparison: dict[str, Any]) -> str:
                                            ("pass@1", "pass@k_curve")), None),
                   base.get("entropy"), base.get("greedy_accuracy"), None]
         lines.append(
-            f"| base student | (as evaluated in {base['first_job']}) | | "
+            f"| base student | (as evaluated in {base['first_job']}) | {_fmt(base['seed'])} | "
             + " | ".join(_fmt(v) for v in values) + f" | evaluate:{base['evaluate_key'][:8]} |"
         )
     lines += ["", f"Figure: {COMPARISON_PNG} (pass@k of every job; entropy against Pass@1)."]
@@ -290,10 +292,13 @@ def curves(comparison: dict[str, Any]) -> list[Curve]:
         seen.add(group)
         out.append(Curve(label, {int(k): v for k, v in h["pass@k_curve"].items()}, h["pass@1"],
                          h["entropy"], color=color, legend=legend))
-    for n, base in enumerate(comparison["base_students"]):
-        label = "base student" + (f" ({base['evaluate_key'][:8]})" if n else "")
+    several = len(comparison["base_students"]) > 1
+    for base in comparison["base_students"]:
+        label = "base student" + (f", seed {base['seed']}" if several else "")
         out.append(Curve(label, {int(k): v for k, v in base["pass@k_curve"].items()},
-                         base["pass@1"], base["entropy"], color=-1, dashed=True))
+                         base["pass@1"], base["entropy"], color=-1, dashed=True, legend=not several))
+    if several:
+        out[-1].label, out[-1].legend = "base student (each seed)", True
     return out
 
 
