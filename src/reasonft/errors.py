@@ -70,11 +70,8 @@ def _hint(key: str, cause: BaseException, overrides: Sequence[str]) -> tuple[str
             fix = "trainer.accelerator=cpu"
         else:
             fix = "trainer=default"
-        return (
-            "trainer.accelerator: asks for a GPU and this machine has none "
-            f"(Lightning: {text.strip()})",
-            f"To train on the CPU instead: {fix}",
-        )
+        first = f"trainer.accelerator: asks for a GPU and this machine has none (Lightning: {text.strip()})"
+        return first, f"To train on the CPU instead: {fix}"
     return None
 
 
