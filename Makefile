@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # machine the CUDA build of the same version.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-fast lint bench clean-cache wheels gpu-check-dry lock check-latest compare
+.PHONY: demo test test-fast lint bench clean-cache wheels gpu-check-dry lock check-latest compare toy-student check-toy-student
 
 # constraints.txt holds the versions the suite was run green with: a fresh clone installs those.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -48,6 +48,15 @@ test-fast: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench run.py
+
+# The default toy student ships with the project (src/reasonft/models/shipped/): rebuild it on this
+# machine and ship it (after a change to conf/model/toy.yaml or the build code), or rebuild it and
+# compare with the shipped bytes (the same CPU kernel path gives the same bytes).
+toy-student: $(VENV)/.installed
+	$(PY) scripts/ship_toy_student.py
+
+check-toy-student: $(VENV)/.installed
+	REASONFT_REBUILD_STUDENT=1 $(PY) -m pytest -q tests/models/test_shipped_student.py -k rebuild
 
 clean-cache:
 	rm -rf .cache/reasonft
