@@ -542,3 +542,23 @@ class ToyStudentBuilder:
             }
             write_json(report, tmp / BUILD_REPORT)
         return str(folder)
+
+
+def toy_student(cache_dir: str | Path | None = None) -> tuple[ToyWorld, PreTrainedModel, Any]:
+    """The default run's toy world and base student (conf/config.yaml's `data=toy`, `model=toy`)
+    for a notebook: (world, model, tokenizer). The student is the shipped one, copied into
+    `cache_dir` (default: `paths.cache_dir`) in seconds; built there when the default settings
+    have changed since it was shipped."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from reasonft.config import CONF_DIR
+    from reasonft.models.loading import load_student
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["paths.output_dir=."])
+    world = instantiate(cfg.data.source)
+    builder = instantiate(cfg.model.build, world=world)
+    folder = builder.build(cache_dir if cache_dir is not None else cfg.paths.cache_dir)
+    model = load_student(folder, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
+    return world, model.eval(), load_tokenizer(folder)
