@@ -6,6 +6,7 @@ short of what it asks by at most MAX_SHORTFALL."""
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,9 @@ def test_corners_compose_start_and_stay_inside_the_window(name, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SWEEPS))
 def test_each_corner_selects_enough(name, tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "sweep-cache"  # one pool for every sweep and corner
+    # one pool for every sweep and corner; a set REASONFT_CACHE (e.g. after `make demo`) is reused:
+    # its artifacts are content-addressed and verified
+    cache = Path(os.environ.get("REASONFT_CACHE") or tmp_path_factory.getbasetemp() / "sweep-cache")
     seen: set[tuple] = set()
     for overrides in corners(name):
         # what selection reads: the PPL window's centre and the seed; the rest only trains
