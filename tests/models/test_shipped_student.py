@@ -122,7 +122,7 @@ def test_a_missing_student_names_the_key_the_user_set(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("REASONFT_REBUILD_STUDENT") != "1",
-                    reason="rebuilds the shipped student (~6-10 min on one thread): "
+                    reason="rebuilds the shipped student (6-66 min on one thread: 3,958 s on 2 shared cores at load 10-17): "
                            "REASONFT_REBUILD_STUDENT=1 pytest tests/models/test_shipped_student.py")
 def test_a_rebuild_here_gives_the_shipped_bytes(tmp_path):
     shipped = _default_builder(tmp_path).shipped_folder()
