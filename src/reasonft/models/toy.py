@@ -269,6 +269,9 @@ def train_plain(
 class ToyStudentBuilder:
     """Builds (or reuses) the toy base student folder: Qwen2 weights + config + tokenizer.
 
+    `build(folder)` needs nothing else in `folder` (`builds_anywhere`): the base stage builds
+    straight into its artifact.
+
     Args:
         world: the ToyWorld (or its config) whose corpus and teachers the student learns from.
         hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size: Qwen2 shape.
@@ -298,6 +301,8 @@ class ToyStudentBuilder:
             thread for a model this small, and no risk of two threads waiting on each other
             on a shared CPU (with OpenMP's default busy-waiting that can be 10x slower).
     """
+
+    builds_anywhere = True
 
     def __init__(
         self,
