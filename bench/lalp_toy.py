@@ -285,7 +285,7 @@ def main() -> None:
     rank_job = min((j for j in uses if j["task_name"] == "toy_lalp_rank"), key=lambda j: j["seed"])
     _, select_report = stage_report(rank_job, "select")
     score_path, _ = stage_report(rank_job, "score")
-    _, base_report = stage_report(rank_job, "base")
+    base_dir, base_report = stage_report(rank_job, "base")
     ranking = {row["source"]: row for row in select_report["teacher_ranking"]}
     prompts = [str(p) for p in select_report["sampled_prompt_ids"]]
     scored = read_records(score_path / "records.parquet")
@@ -296,7 +296,7 @@ def main() -> None:
     wanted = set(prompts)
     sample = scored.filter(lambda r: r["prompt_id"] in wanted).select_columns(
         ["prompt_id", "prompt", "answer", "response", "source", "steps", "correct"])
-    *window_scores, global_steps = score_windows(cfg, str(base_report["path"]), sample,
+    *window_scores, global_steps = score_windows(cfg, str(base_dir / base_report["model"]), sample,
                                                  [*WINDOWS, 1.0])
     default_window = WINDOWS.index(int(cfg.score.window))
     galp_means = teacher_means(window_scores[default_window], prompts, teachers, "galp")

@@ -2,9 +2,9 @@
 # SFT vs SFT_LP vs OXA_MLE vs OXA_FULL on the toy world (conf/experiment/toy_*.yaml), three
 # training seeds each: one Hydra multirun of 4 x 3 jobs. Stages whose inputs a job shares with an
 # earlier one (the world, the base student, its samples and their scores) are reused from the
-# content-addressed artifacts; the results table of each job is in its folder under
-# multirun/<date>/ (results.md, results.json with the objective). Extra arguments go to every
-# job, e.g.
+# content-addressed artifacts. multirun/<date>_<id>/comparison.md (+ .json, .png) compares every
+# job, the three seeds of each recipe pooled as mean ± std; each job's own tables are in its
+# folder (<n>_<task>_..._seed<seed>/results.md). Extra arguments go to every job, e.g.
 #   sweeps/oxa_vs_sft.sh hydra/launcher=slurm hydra.launcher.partition=cpu logger=wandb
 #   SEEDS=1 sweeps/oxa_vs_sft.sh
 set -euo pipefail

@@ -9,7 +9,6 @@ import csv
 import importlib.util
 import itertools
 import json
-import math
 import re
 import shlex
 import subprocess
@@ -258,34 +257,18 @@ def test_evaluation_only_recipe_runs_on_a_local_checkpoint(tmp_path, placeholder
     assert "MATH500" in pipeline.results["base"]["benchmarks"]
 
 
-def test_python_api_snippet_runs(tiny_model, tiny_tokenizer):
-    """The snippet, statement by statement; the Gaussian window of its official sizes is moved
-    onto the PPL range of the tiny random model (the only change), and every `# True` / `# False`
-    comment is checked."""
-    import ast
-    import statistics
-
+def test_python_api_snippet_runs(tmp_path, monkeypatch):
+    """The snippet exactly as the README shows it (it loads the toy world and the shipped student
+    itself; only the cache is a scratch folder), and every `# True` / `# False` comment checked."""
     [snippet] = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
-    records = [
-        {"prompt_id": f"p{i // 2}", "prompt": f"Compute {i // 2} + 3.", "answer": str(i // 2 + 3),
-         "response": f"<think>\n{i // 2} + 3 = {i // 2 + 3}\n\nSo {i // 2 + 3}.\n</think>\n\\boxed{{{i // 2 + 3}}}",
-         "source": "terse" if i % 2 else "verbose", "correct": True}
-        for i in range(12)  # 6 prompts, each answered by two teachers
-    ]
-    namespace = {"records": records, "model": tiny_model, "tokenizer": tiny_tokenizer}
-    tree = ast.parse(snippet)
-    for statement in tree.body:
-        for call in ast.walk(statement):
-            if isinstance(call, ast.Call) and any(k.arg == "mu" for k in call.keywords):
-                ppl = statistics.median(r["ppl"] for r in namespace["records"])
-                top = 1.0 + 0.05 * math.ceil((4 * ppl - 1.0) / 0.05)  # whole bins of 0.05
-                window = {"mu": ppl, "sigma": ppl, "ppl_min": 1.0, "ppl_max": top}
-                for k in call.keywords:
-                    if k.arg in window:
-                        k.value = ast.Constant(window[k.arg])
-        module = ast.Module(body=[statement], type_ignores=[])
-        exec(compile(ast.fix_missing_locations(module), "README.md", "exec"), namespace)  # noqa: S102
-    assert namespace["records"][0]["lalp"] is not None and namespace["chosen"]
+    monkeypatch.setenv("REASONFT_CACHE", str(tmp_path / "cache"))
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102
+    records, chosen = namespace["records"], namespace["chosen"]
+    assert len(records) == 120 and all(r["lalp"] is not None and r["ppl"] >= 1.0 for r in records)
+    assert sum(r["correct"] for r in records) > 60  # the sloppy teacher slips, the others do not
+    assert 0 < len(chosen) <= 20 and all(r["correct"] for r in chosen)
+    assert len({r["prompt_id"] for r in chosen}) == len(chosen)  # max_per_prompt=1
     assert namespace["ranking"] is not None
     for line in snippet.splitlines():
         code, _, comment = line.partition("#")

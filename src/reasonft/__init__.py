@@ -10,6 +10,8 @@ The notebook API (each imported on first use, so `import reasonft` stays light):
 - `score(records, model, tokenizer, method="lalp", window=4, steps="paragraph", ...)` — adds
   `n_tokens`, `ppl`, `galp`, `lalp`, `step_logps` to the records.
 - `select(records, strategy, **params)` — a `conf/select/<strategy>.yaml` selector.
+- `toy_student(cache_dir=None) -> (world, model, tokenizer)` — the default run's toy world and
+  its base student (the shipped one: seconds).
 """
 
 from importlib import import_module
@@ -18,7 +20,7 @@ from typing import Any
 from reasonft.config import register_resolvers
 
 __version__ = "0.1.0"
-__all__ = ["is_correct", "pass_at_k", "rank_teachers", "score", "select"]
+__all__ = ["is_correct", "pass_at_k", "rank_teachers", "score", "select", "toy_student"]
 
 _API = {
     "is_correct": "reasonft.verify.verifier",
@@ -26,6 +28,7 @@ _API = {
     "score": "reasonft.scoring.api",
     "select": "reasonft.selection.api",
     "rank_teachers": "reasonft.selection.api",
+    "toy_student": "reasonft.models.toy",
 }
 
 register_resolvers()

@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "the vLLM generation backend needs the `vllm` package, which is not installed. Install the "
-    "extra on a CUDA machine: `pip install -e .[vllm]`, or use the transformers backend "
-    "(generate=hf, or eval.generator._target_=reasonft.generation.hf.HFGenerator)."
+    "extra on a CUDA machine: `pip install -e .[vllm]`, or use the transformers backend: "
+    "generate=hf for the self-samples, generate@eval.generator=hf for the evaluation."
 )
 
 

@@ -25,9 +25,13 @@ def load_student(
     dtype: str | None = "float32",
     attn_implementation: str | None = None,
     config_overrides: dict[str, Any] | None = None,
+    key: str = "model.path",
 ) -> PreTrainedModel:
-    """`AutoModelForCausalLM.from_pretrained(path)` with optional config changes (METHODS §1d)."""
+    """`AutoModelForCausalLM.from_pretrained(path)` with optional config changes (METHODS §1d).
+    `key` names where `path` came from in errors (the config key the user set)."""
     if not Path(path).exists():
+        if key != "model.path":
+            raise FileNotFoundError(f"{key}: the student folder {path!r} does not exist")
         raise FileNotFoundError(
             f"model.path={path!r} does not exist. Point model.path at a local checkpoint folder "
             "(config.json + weights); no model hub is reachable from here."
@@ -35,8 +39,8 @@ def load_student(
     kwargs: dict[str, Any] = {}
     if config_overrides:
         config = AutoConfig.from_pretrained(path)
-        for key, value in config_overrides.items():
-            setattr(config, key, value)
+        for name, value in config_overrides.items():
+            setattr(config, name, value)
         kwargs["config"] = config
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

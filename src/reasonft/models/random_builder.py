@@ -33,6 +33,8 @@ class RandomStudentBuilder:
         self.dtype = dtype
         self.config_overrides = dict(config_overrides or {})
 
+    builds_anywhere = True  # build(folder) needs nothing else there: the base stage builds into its artifact
+
     def build(self, cache_dir: str) -> str:
         cfg = json.loads(Path(self.config).read_text())
         cfg.update(self.config_overrides)

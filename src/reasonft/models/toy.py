@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -46,6 +47,85 @@ DEFAULT_STYLE_MIX = {"terse": 0.6, "numbered": 0.3, "verbose": 0.1}
 # is the skill the teachers' traces bring.
 DEFAULT_PRETRAIN_OPERATORS = OPERATORS
 DEFAULT_PRETRAIN_MAX_MULTIPLIER = 2
+# Built students that ship with the project (`make toy-student` writes them): one folder each,
+# its files listed with their SHA-256 in SHIPPED_FILE beside the settings it was built with.
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+SHIPPED_FILE = "SHIPPED.json"
+# What decides the weights besides the settings: not part of a shipped student's identity,
+# which is the same bytes on every machine.
+MACHINE_KEYS = ("cpu_capability", "torch")
+
+
+class ShippedStudentMismatch(ValueError):
+    """A shipped student's files are not the ones its SHIPPED.json lists."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shipped_students() -> list[tuple[Path, dict[str, Any]]]:
+    """(folder, its SHIPPED.json) of every student that ships with the project."""
+    if not SHIPPED_DIR.is_dir():
+        return []
+    return [(p.parent, json.loads(p.read_text())) for p in sorted(SHIPPED_DIR.glob(f"*/{SHIPPED_FILE}"))]
+
+
+def check_shipped(folder: Path, record: Mapping[str, Any]) -> None:
+    """Refuse a shipped student whose files are not the ones its record lists."""
+    listed = record.get("files") or {}
+    present = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != SHIPPED_FILE)
+    problems = [f"{name} is not listed" for name in present if name not in listed]
+    for name, entry in listed.items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != entry["size"] or file_sha256(path) != entry["sha256"]:
+            problems.append(f"{name} has other content than its SHA-256 in {SHIPPED_FILE}")
+    if problems:
+        raise ShippedStudentMismatch(
+            f"model.build: the shipped toy student {folder} does not match {SHIPPED_FILE} "
+            f"({'; '.join(problems)}). Restore it (git checkout -- {folder}), rebuild it with "
+            "`make toy-student`, or build one on this machine with model.build.shipped=false"
+        )
+
+
+def ship(built: str | Path, out_dir: str | Path = SHIPPED_DIR) -> Path:
+    """Copy a built student folder into `out_dir/<its shipped name>` with its SHIPPED.json (the
+    settings it was built with, the machine's, and every file's size and SHA-256)."""
+    built = Path(built)
+    report = json.loads((built / BUILD_REPORT).read_text())
+    settings = report["settings"]
+    portable = {k: v for k, v in settings.items() if k not in MACHINE_KEYS}
+    files = {
+        path.name: {"size": path.stat().st_size, "sha256": file_sha256(path)}
+        for path in sorted(p for p in built.iterdir() if p.is_file() and p.name != SHIPPED_FILE)
+    }
+    folder = Path(out_dir) / shipped_name(portable, files)
+    with atomic_path(folder) as tmp:
+        tmp.mkdir(parents=True)
+        for name in files:
+            shutil.copyfile(built / name, tmp / name)
+        record = {
+            "build_version": settings["build_version"],
+            "settings": portable,
+            "built_on": {k: settings.get(k) for k in MACHINE_KEYS},
+            "files": files,
+        }
+        write_json(record, tmp / SHIPPED_FILE)
+    return folder
+
+
+def shipped_name(portable: Mapping[str, Any], files: Mapping[str, Any]) -> str:
+    """`toy-student-v<build version>-<settings hash>-<files hash>`: other settings or other
+    bytes (a student re-shipped from another machine) are another name, hence another key."""
+    settings = hashlib.sha256(json.dumps(portable, sort_keys=True).encode()).hexdigest()
+    content = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return f"toy-student-v{portable['build_version']}-{settings[:8]}-{content[:8]}"
 
 
 def floating_point_path() -> dict[str, str]:
@@ -189,6 +269,9 @@ def train_plain(
 class ToyStudentBuilder:
     """Builds (or reuses) the toy base student folder: Qwen2 weights + config + tokenizer.
 
+    `build(folder)` needs nothing else in `folder` (`builds_anywhere`): the base stage builds
+    straight into its artifact.
+
     Args:
         world: the ToyWorld (or its config) whose corpus and teachers the student learns from.
         hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size: Qwen2 shape.
@@ -209,12 +292,17 @@ class ToyStudentBuilder:
             its fields; conf/model/toy.yaml takes them from the data config).
         max_length: the model's max_position_embeddings.
         seed: weights init and data order.
+        shipped: use the built student that ships with the project when its settings are these
+            (the same weights on every machine, nothing to build); False builds one here, on
+            this machine's floating-point path.
         num_threads: torch threads while training (restored afterwards; None keeps the
             current setting). Part of the cache key: the thread count changes the weights.
             1 by default: the same weights on any machine, little to gain from a second
             thread for a model this small, and no risk of two threads waiting on each other
             on a shared CPU (with OpenMP's default busy-waiting that can be 10x slower).
     """
+
+    builds_anywhere = True
 
     def __init__(
         self,
@@ -237,6 +325,7 @@ class ToyStudentBuilder:
         max_length: int = 512,
         seed: int = 0,
         num_threads: int | None = 1,
+        shipped: bool = True,
     ) -> None:
         self.world = as_world(world)
         mix = dict(style_mix) if style_mix is not None else dict(DEFAULT_STYLE_MIX)
@@ -292,6 +381,7 @@ class ToyStudentBuilder:
         self.max_length = int(max_length)
         self.seed = int(seed)
         self.num_threads = None if num_threads is None else int(num_threads)
+        self.shipped = bool(shipped)
         self.last_losses: list[float] = []
 
     def settings(self) -> dict[str, Any]:
@@ -323,7 +413,27 @@ class ToyStudentBuilder:
             **floating_point_path(),
         }
 
+    def portable_settings(self) -> dict[str, Any]:
+        """`settings()` without the machine's floating-point path: what a shipped student is
+        matched by."""
+        return {k: v for k, v in self.settings().items() if k not in MACHINE_KEYS}
+
+    def shipped_folder(self) -> Path | None:
+        """The shipped student built with these settings (None: none, or `shipped=False`)."""
+        if not self.shipped:
+            return None
+        portable = self.portable_settings()
+        for folder, record in shipped_students():
+            if record.get("settings") == portable:
+                return folder
+        return None
+
     def folder_name(self) -> str:
+        """The student's folder name: the shipped one's (its settings and version), or a hash of
+        every setting and this machine's floating-point path."""
+        shipped = self.shipped_folder()
+        if shipped is not None:
+            return shipped.name
         digest = hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()
         return f"toy-student-{digest[:16]}"
 
@@ -408,9 +518,17 @@ class ToyStudentBuilder:
         return load_tokenizer(str(folder))
 
     def build(self, cache_dir: str | Path) -> str:
-        """The student folder under `cache_dir`; trained only when it does not exist yet."""
+        """The student folder under `cache_dir`: the shipped student copied there (its checksums
+        checked first), or one trained here; nothing is done when it exists already."""
         folder = Path(cache_dir) / self.folder_name()
         if (folder / BUILD_REPORT).exists():
+            return str(folder)
+        shipped = self.shipped_folder()
+        if shipped is not None:
+            record = json.loads((shipped / SHIPPED_FILE).read_text())
+            check_shipped(shipped, record)
+            with atomic_path(folder) as tmp:
+                shutil.copytree(shipped, tmp)
             return str(folder)
         started = time.perf_counter()
         cpu_started = time.process_time()
@@ -429,3 +547,23 @@ class ToyStudentBuilder:
             }
             write_json(report, tmp / BUILD_REPORT)
         return str(folder)
+
+
+def toy_student(cache_dir: str | Path | None = None) -> tuple[ToyWorld, PreTrainedModel, Any]:
+    """The default run's toy world and base student (conf/config.yaml's `data=toy`, `model=toy`)
+    for a notebook: (world, model, tokenizer). The student is the shipped one, copied into
+    `cache_dir` (default: `paths.cache_dir`) in seconds; built there when the default settings
+    have changed since it was shipped."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from reasonft.config import CONF_DIR
+    from reasonft.models.loading import load_student
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["paths.output_dir=."])
+    world = instantiate(cfg.data.source)
+    builder = instantiate(cfg.model.build, world=world)
+    folder = builder.build(cache_dir if cache_dir is not None else cfg.paths.cache_dir)
+    model = load_student(folder, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
+    return world, model.eval(), load_tokenizer(folder)

@@ -7,8 +7,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from reasonft.evaluation.comparison_plot import COMPARISON_PNG, before_after_curves, plot_comparison
 from reasonft.io import write_json, write_text
 from reasonft.pipeline.artifacts import Artifact
 from reasonft.selection.teacher_rank import TeacherRanking
@@ -87,15 +89,22 @@ def objective_value(cfg: DictConfig, results: dict[str, Any]) -> float | None:
     return float(value) if value is not None else None
 
 
+def task_overrides() -> list[str]:
+    """The command-line overrides of this run (empty outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return [str(o) for o in HydraConfig.get().overrides.task] if HydraConfig.initialized() else []
+
+
 def recipe_title(cfg: DictConfig) -> str:
-    """The recipe that ran: its task name, the experiment preset and the command-line overrides."""
+    """The recipe that ran: its task name, the experiment preset and the command-line overrides
+    (list values included: `stages=[base,verify]`)."""
     from hydra.core.hydra_config import HydraConfig
 
     title = str(cfg.task_name)
     if HydraConfig.initialized():
-        hc = HydraConfig.get()
-        choice = hc.runtime.choices.get("experiment")
-        overrides = [o for o in hc.overrides.task if not o.startswith("experiment=")]
+        choice = HydraConfig.get().runtime.choices.get("experiment")
+        overrides = [o for o in task_overrides() if not o.startswith("experiment=")]
         title += f" (experiment={choice})" if choice and choice != cfg.task_name else ""
         title += f" {' '.join(overrides)}" if overrides else ""
     return title
@@ -157,7 +166,8 @@ def write_final_report(
     if not console.is_terminal:
         console = Console(width=120)
     title = recipe_title(cfg)
-    console.print(f"[bold]{title}[/bold]  plan: {plan.describe()}")
+    # escaped: rich would read `stages=[base,verify]` as markup and print `stages=`
+    console.print(f"[bold]{escape(title)}[/bold]  plan: {escape(plan.describe())}")
     stages = Table(title="stages")
     for col in ("stage", f"artifact (under {cfg.paths.artifacts_dir})", "status", "report"):
         stages.add_column(col)
@@ -168,7 +178,7 @@ def write_final_report(
     console.print(stages)
     skipped = skipped_lines(summaries)
     for line in skipped:
-        console.print(f"[yellow]{line}[/yellow]")
+        console.print(f"[yellow]{escape(line)}[/yellow]")
 
     md = [f"# {title}", "", f"plan: {plan.describe()}", ""]
     if skipped:
@@ -177,7 +187,7 @@ def write_final_report(
         ranking = ranking_markdown(summary) if art.stage == "select" else []
         if ranking:
             for line in ranking:
-                console.print(line)
+                console.print(escape(line))
             md += ranking
 
     columns, rows = _metric_rows(results)
@@ -194,12 +204,17 @@ def write_final_report(
         md += ["| " + " | ".join(r) + " |" for r in rows]
     changes = before_after(results)
     for line in changes:
-        console.print(line)
+        console.print(escape(line))
     if changes:
         md += ["", *[f"- {line}" for line in changes]]
     md += ["", "## Stages", ""]
     md += [f"- {art.stage} `{art.path}` ({'reused' if art.reused else 'built'}): "
            f"{stage_notes(art.stage, summary)}" for art, summary in summaries]
+    if results:
+        # Base and fine-tuned student on one set of axes (the artifacts' plots show one each).
+        curves, arrows = before_after_curves(results)
+        shown = [*(shown or []), plot_comparison(
+            curves, out_dir / COMPARISON_PNG, f"{title}: {' and '.join(results)}", arrows=arrows)]
     if shown:
         md += ["", "## Files", "", *[f"- {p.relative_to(out_dir)}" for p in shown]]
     write_text("\n".join(md) + "\n", out_dir / "results.md")
@@ -208,6 +223,7 @@ def write_final_report(
         {
             "task_name": cfg.task_name,
             "recipe": title,
+            "overrides": task_overrides(),
             "plan": list(plan.stages),
             "objective": {"name": cfg.objective, "value": objective},
             "before_after": changes,
@@ -219,6 +235,6 @@ def write_final_report(
         out_dir / "results.json",
     )
     if shown:
-        console.print("files: " + ", ".join(str(p.relative_to(out_dir)) for p in shown))
-    console.print(f"results: {out_dir / 'results.md'}")
+        console.print(escape("files: " + ", ".join(str(p.relative_to(out_dir)) for p in shown)))
+    console.print(escape(f"results: {out_dir / 'results.md'}"))
     return objective

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 RECORDS = "records.parquet"
 PROMPTS = "prompts.md"
+# 2: the base student is built inside its artifact (listed in its manifest, a relative path);
+# 1 recorded an absolute path to a folder outside it.
+BASE_LAYOUT = 2
 UPSTREAM_ATTR = {
     "base": "base_artifact",
     "generate": "self_samples",
@@ -127,9 +130,10 @@ class Pipeline:
 
         if stage == "base":
             builder = self.parts.builder
-            # The builder's folder name hashes what the config cannot show (its code version).
+            # The builder's folder name hashes what the config cannot show (its code version, a
+            # shipped student's files); the layout: the student lives inside the artifact.
             identity = {"folder": builder.folder_name()} if hasattr(builder, "folder_name") else {}
-            return config, identity
+            return config, {**identity, "layout": BASE_LAYOUT}
         if stage in ("generate", "verify", "evaluate", "rl"):
             config["data_version"] = self._data_identity()
         model: dict[str, Any] = {"model": self.model_identity}
@@ -229,13 +233,37 @@ class Pipeline:
     # -- base: the student before fine-tuning ----------------------------------------------------
     @cached_property
     def base_artifact(self) -> Artifact:
-        return self._build("base", lambda tmp: {"path": self.parts.builder.build(self.cfg.paths.cache_dir)})
+        # The student is built inside the artifact, so its manifest lists (and its reuse checks)
+        # every file of it, and the summary holds a path relative to the artifact: a moved or
+        # copied cache loads its own student; a damaged one is rebuilt like any artifact.
+        def produce(tmp: Path) -> dict[str, Any]:
+            builder = self.parts.builder
+            if getattr(builder, "builds_anywhere", False):
+                built = Path(builder.build(tmp))
+            else:
+                # A builder tied to its own cache (a fetched package, another run's artifact):
+                # its folder is copied in, never linked, so damage here cannot reach the source.
+                source = Path(builder.build(self.cfg.paths.cache_dir))
+                built = tmp / source.name
+                shutil.copytree(source, built)
+            return {"model": str(built.relative_to(tmp))}
+
+        return self._build("base", produce)
 
     @cached_property
     def base_path(self) -> str:
         if "base" in self.plan.stages:
-            return str(self.base_artifact.meta()["summary"]["path"])
+            art = self.base_artifact
+            return str(art.path / art.meta()["summary"]["model"])
         return str(self.config["model"]["path"])
+
+    def _model_key(self, path: str) -> str:
+        """The config key a user set to get the student at `path` (for error messages)."""
+        if "base" in self.plan.stages and path == self.base_path:
+            return f"model.build (the base student built into {path})"
+        if "base" not in self.plan.stages and path == str(self.config["model"]["path"]):
+            return "model.path"
+        return f"the fine-tuned student at {path} (train artifact)"
 
     def load_model(self, path: str, dtype: str | None = None) -> tuple[Any, Any]:
         """The student at `path` as configured (`model.dtype` unless `dtype` is given)."""
@@ -247,6 +275,7 @@ class Pipeline:
             dtype=dtype or m["dtype"],
             attn_implementation=m["attn_implementation"],
             config_overrides=m.get("config_overrides") or None,
+            key=self._model_key(path),
         )
         return model, load_tokenizer(m.get("tokenizer") or path)
 

@@ -171,7 +171,9 @@ def plot_ppl_histograms(
     quotas: Sequence[int] | None = None,
     title: str = "PPL under the base student: pool vs selection",
 ) -> Path:
-    """Two stacked histograms sharing the PPL axis: the pool (top) and the selection (bottom).
+    """The selection drawn over the pool it came from, on one PPL axis (top: the pool in grey,
+    each selected group over it, the Gaussian quota as a line), and beside it the share of each
+    bin's pool that was selected (bottom), so what a window took and left is read off directly.
 
     `selected_ppl` may map a label (e.g. loss type) to values; each label gets its own histogram.
     With `quotas` (one per bin of `bin_edges`), the Gaussian target is drawn over the selection.
@@ -188,18 +190,26 @@ def plot_ppl_histograms(
     else:
         edges = np.asarray(bin_edges, dtype=float)
 
-    fig = Figure(figsize=(7.5, 5.5), layout="constrained")
-    top, bottom = fig.subplots(2, 1, sharex=True)
-    top.hist(pool, bins=edges, color="tab:gray")
-    top.set_ylabel("pool count")
-    top.set_title(title)
-    for label, values in groups.items():
-        bottom.hist(values, bins=edges, alpha=0.6, label=f"{label} (n={len(values)})")
+    fig = Figure(figsize=(7.5, 6.0), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
+    pool_counts, _, _ = top.hist(pool, bins=edges, color="lightgray", label=f"pool (n={len(pool)})")
+    selected_counts = np.zeros(len(edges) - 1)
+    for n, (label, values) in enumerate(groups.items()):
+        counts, _ = np.histogram(values, bins=edges)
+        top.stairs(counts, edges, color=f"C{n}", fill=True, alpha=0.6, label=f"{label} (n={len(values)})")
+        selected_counts += counts
     if quotas is not None:
-        bottom.stairs(np.asarray(quotas, dtype=float), edges, color="black", label="Gaussian quota")
+        top.stairs(np.asarray(quotas, dtype=float), edges, color="black", label="Gaussian quota")
+    top.set_ylabel("records")
+    top.set_title(title)
+    top.legend(fontsize="small")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(pool_counts > 0, selected_counts / np.maximum(pool_counts, 1), np.nan)
+    bottom.stairs(np.nan_to_num(share), edges, color="C3")
+    bottom.set_ylim(0, 1.05)
     bottom.set_xlabel("PPL")
-    bottom.set_ylabel("selected count")
-    bottom.legend()
+    bottom.set_ylabel("share of the bin selected")
+    bottom.grid(True, alpha=0.3)
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
