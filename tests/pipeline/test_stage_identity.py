@@ -103,6 +103,8 @@ REFUSED: dict[str, str] = {
     "eval.benchmarks.toy_test.path": "a split benchmark given a file: path and split exclude each other",
     "eval.benchmarks.toy_test_greedy.n_samples": "greedy (temperature 0): more samples would be identical",
     "eval.second_verifier.answer_rule": "the second grader would be the first one (compare_graders)",
+    "settings_for": "a toy / real enum read by start-up only (tests/models/test_real_student.py)",
+    "model.pretrained": "the toy student called pretrained: start-up refuses its toy settings",
 }
 # Leaves that change which stages run: their keys are the plan's business (test_pipeline).
 CHANGES_PLAN = {
