@@ -233,3 +233,33 @@ def test_lalp_banded_config_builds_a_banded_scorer():
 
     scorer = instantiate(compose_option("score", "lalp_banded"))
     assert (scorer.method, scorer.lalp_pass, scorer.band_positions) == ("lalp", "banded", "global")
+
+
+@pytest.mark.parametrize("window", [1, 0.25, 1000])
+def test_block_skipping_attention_equals_dense_masked_sdpa(
+    tiny_model, tiny_tokenizer, monkeypatch, window
+):
+    """Skipping the key columns a query block cannot see changes nothing but the work (small
+    blocks, so that some skip columns even on these short responses)."""
+    from reasonft.scoring import band_attention
+
+    monkeypatch.setattr(band_attention, "BLOCK", 8)
+    for condition in (True, False):
+        examples = _examples(tiny_tokenizer, condition, window)
+        with torch.no_grad():
+            dense = banded_token_logprobs(tiny_model, examples, window, skip_blocks=False)
+            blocks = banded_token_logprobs(tiny_model, examples, window, skip_blocks=True)
+        for d, b in zip(dense, blocks):
+            np.testing.assert_array_equal(np.isnan(d), np.isnan(b))
+            np.testing.assert_allclose(b, d, atol=2e-5, rtol=0)
+    assert tiny_model.config._attn_implementation == "sdpa"  # restored
+    ex = examples[-1]
+    lo = row_band_starts(token_window_starts(ex.token_step, window))
+    mask = band_mask(len(ex.prompt_ids), lo)[None, None]
+    plan = band_attention._plan(mask, 8)
+    skipping = [blk for blk in plan if not isinstance(blk.keys, int)]
+    assert bool(skipping) == (window != 1000)
+    for blk in plan:  # the columns left out are seen by no row of the block
+        kept = torch.zeros(mask.shape[-1], dtype=torch.bool)
+        kept[blk.keys if not isinstance(blk.keys, int) else slice(0, blk.keys)] = True
+        assert not mask[0, 0, blk.start : blk.end][:, ~kept].any()

@@ -30,9 +30,11 @@ Position ids (`positions`):
 `bench/lalp_banded_agreement.py` measures both against exact LALP.
 
 Only the scoring rows are projected to the vocabulary (`logprobs_from_hidden`, in chunks): no
-`[batch, length, vocab]` logits. The mask is dense (`[B, 1, L, L]` booleans through SDPA), so the
-attention does the work of a full (non-causal-skipping) pass; the linear layers, which dominate
-at model shapes, do GALP's work exactly.
+`[batch, length, vocab]` logits. The mask is a `[B, 1, L, L]` boolean tensor. With
+`skip_blocks=True` (default) it goes to `band_attention.band_sdpa_attention`, which gives SDPA
+only the keys each block of query rows can see, so the attention does the band's work (less than
+GALP's causal pass); with `skip_blocks=False` it goes through plain SDPA (or eager), which
+multiplies every query by every key. The linear layers do GALP's work exactly.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from reasonft.scoring.band_attention import band_attention
 from reasonft.scoring.batching import pad_right
 from reasonft.scoring.lalp import (
     WindowSpec,
@@ -119,6 +122,7 @@ def banded_token_logprobs(
     rounding: str = "ceil",
     positions: str = "global",
     chunk_tokens: int = 1024,
+    skip_blocks: bool = True,
 ) -> list[np.ndarray]:
     """Per-token banded-LALP log-probs of each example ([T] float32, NaN where not scored), all
     examples in one right-padded forward pass (batch them under a token budget beforehand)."""
@@ -147,8 +151,8 @@ def banded_token_logprobs(
         dest_example.append(np.full(len(scored), b))
         dest_token.append(scored)
     _check_sliding_window(model, width)
-    with masked_attention(model) as attn:
-        mask4d = mask[:, None].to(device)
+    mask4d = mask[:, None].to(device)
+    with band_attention(model) if skip_blocks else masked_attention(model) as attn:
         if attn == "eager":
             dtype = next(model.parameters()).dtype
             mask4d = torch.zeros(mask4d.shape, dtype=dtype, device=device).masked_fill_(
