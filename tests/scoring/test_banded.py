@@ -263,3 +263,22 @@ def test_block_skipping_attention_equals_dense_masked_sdpa(
         kept = torch.zeros(mask.shape[-1], dtype=torch.bool)
         kept[blk.keys if not isinstance(blk.keys, int) else slice(0, blk.keys)] = True
         assert not mask[0, 0, blk.start : blk.end][:, ~kept].any()
+
+
+def test_shard_signature_tells_banded_from_exact():
+    """A resumed scoring run never reuses exact LALP's shards for banded LALP (or across the
+    position choices)."""
+    import datasets
+
+    from reasonft.scoring.predict import run_signature
+
+    records = datasets.Dataset.from_list(RECORDS)
+    signatures = {
+        run_signature(records, Scorer(method="lalp", progress=False, **kwargs))
+        for kwargs in (
+            {},
+            {"lalp_pass": "banded"},
+            {"lalp_pass": "banded", "band_positions": "local"},
+        )
+    }
+    assert len(signatures) == 3
