@@ -13,7 +13,8 @@ in the list. `report` is the final table and needs nothing of its own.
 | score    | score, prompt format, model load            | base, verify                   | pool with scores |
 | select   | select                                      | score (when a score is read), else verify | a training set, or a teacher ranking |
 | train    | loss, train, trainer, strategy, prompt      | base, select                   | fine-tuned checkpoint |
-| evaluate | eval, data, prompt format, model load       | base (and train when asked)    | metrics per benchmark |
+| rl       | rl, data, trainer devices, strategy, model load | train when asked, else base | GRPO policy checkpoint |
+| evaluate | eval, data, prompt format, model load       | base (train, rl when asked)    | metrics per benchmark |
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-STAGES = ("base", "generate", "verify", "score", "select", "train", "evaluate", "report")
+STAGES = ("base", "generate", "verify", "score", "select", "train", "rl", "evaluate", "report")
 
 # The prompt format: how a problem becomes the text the student sees, and how a response ends.
 PROMPT = ("data.prompt_suffix", "data.chat_template", "data.system_prompt", "data.response_end")
@@ -34,11 +35,14 @@ STAGE_CONFIG: dict[str, tuple[str, ...]] = {
     "score": ("score", *PROMPT),
     "select": ("select",),
     "train": ("loss", "train", "trainer", "strategy", *PROMPT),
+    "rl": ("rl", "data", "trainer.devices", "trainer.num_nodes", "trainer.accelerator", "strategy"),
     "evaluate": ("eval", "data"),
 }
 # Read by a stage but never part of what it produces: where it writes, how it logs, and where a
 # resumed fit finds its checkpoint.
-OUTPUT_ONLY = ("train.ckpt_path", "trainer.default_root_dir", "logger", "callbacks", "paths")
+OUTPUT_ONLY = (
+    "train.ckpt_path", "rl.resume", "trainer.default_root_dir", "logger", "callbacks", "paths"
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class Plan:
     select_reads_scores: bool   # select reads the scored pool (else the verified one)
     evaluate_trained: bool      # evaluate the fine-tuned student (train is part of the run)
     score_columns: tuple[str, ...] = field(default=())  # columns the score stage must produce
+    evaluate_rl: bool = False   # evaluate the RL policy (rl is part of the run)
 
     def describe(self) -> str:
         arrows = " -> ".join(self.stages)
@@ -58,7 +63,10 @@ class Plan:
         if "verify" in self.stages:
             extra.append("self-samples in the pool" if self.self_samples else "teacher pool only")
         if "evaluate" in self.stages:
-            extra.append("evaluate base + trained" if self.evaluate_trained else "evaluate base")
+            extra.append(
+                "evaluate base" + (" + trained" if self.evaluate_trained else "")
+                + (" + rl" if self.evaluate_rl else "")
+            )
         return arrows + (f"  ({'; '.join(extra)})" if extra else "")
 
 
@@ -93,7 +101,9 @@ def make_plan(
         "score": ["base", "verify"],
         "select": ["score" if score_columns else "verify"],
         "train": ["base", "select"],
-        "evaluate": ["base", "train"] if "train" in requested else ["base"],
+        # GRPO from the fine-tuned student when train is asked for, else from the base student.
+        "rl": ["base", "train"] if "train" in requested else ["base"],
+        "evaluate": ["base"] + [s for s in ("train", "rl") if s in requested],
         "report": [],
     }
     wanted: set[str] = set()
@@ -115,6 +125,7 @@ def make_plan(
         self_samples=self_samples,
         select_reads_scores=bool(score_columns),
         evaluate_trained="evaluate" in wanted and "train" in wanted,
+        evaluate_rl="evaluate" in wanted and "rl" in wanted,
         score_columns=tuple(score_columns),
     )
 

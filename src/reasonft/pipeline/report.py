@@ -109,6 +109,7 @@ def stage_notes(stage: str, summary: dict[str, Any]) -> str:
         "score": ("records", "method", "truncated", "dropped"),
         "select": ("n_pool", "n_selected", "n_by_loss_type", "shortfall"),
         "train": ("model",),
+        "rl": ("steps", "resumed_from", "processes", "reward_status", "dropped_overlong_prompts"),
     }.get(stage, ())
     parts = []
     for k in keys:

@@ -20,6 +20,7 @@ from typing import Any
 import datasets
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from reasonft.data.prompt_examples import write_prompt_examples
 from reasonft.data.prompts import PromptFormat
 from reasonft.data.records import ANSWER_ALTERNATIVES
 from reasonft.generation.hf import HFGenerator
@@ -33,6 +34,7 @@ from reasonft.pipeline.startup import Components, start
 from reasonft.selection.base import EmptySelection
 from reasonft.selection.teacher_rank import TeacherRanking
 from reasonft.sweep import is_rank_zero_process
+from reasonft.training.precision import training_dtype
 from reasonft.wandb_artifacts import (
     log_eval_table,
     log_model,
@@ -44,6 +46,7 @@ from reasonft.wandb_artifacts import (
 log = logging.getLogger(__name__)
 
 RECORDS = "records.parquet"
+PROMPTS = "prompts.md"
 UPSTREAM_ATTR = {
     "base": "base_artifact",
     "generate": "self_samples",
@@ -51,9 +54,12 @@ UPSTREAM_ATTR = {
     "score": "scored",
     "select": "selected",
     "train": "trained",
+    "rl": "reinforced",
 }
 # What a user looks at, copied from each artifact into the run folder.
-SHOWN_FILES = ("*.md", "*.png", "report.json", "selection_report.json", "train_report.json")
+SHOWN_FILES = (
+    "*.md", "*.png", "report.json", "selection_report.json", "train_report.json", "rl_report.json"
+)
 
 
 class Pipeline:
@@ -124,7 +130,7 @@ class Pipeline:
             # The builder's folder name hashes what the config cannot show (its code version).
             identity = {"folder": builder.folder_name()} if hasattr(builder, "folder_name") else {}
             return config, identity
-        if stage in ("generate", "verify", "evaluate"):
+        if stage in ("generate", "verify", "evaluate", "rl"):
             config["data_version"] = self._data_identity()
         model: dict[str, Any] = {"model": self.model_identity}
         if "base" in self.plan.stages:
@@ -142,8 +148,15 @@ class Pipeline:
             return config, {self._select_reads: up(self._select_reads)}
         if stage == "train":
             return config, {"select": up("select"), **model}
+        if stage == "rl":
+            # The starting checkpoint: the fine-tuned student when train is part of the run.
+            if "train" in self.plan.stages:
+                return config, {"train": up("train"), "load": self.model_identity["load"]}
+            return config, model
         if stage == "evaluate" and tag == "trained":
             return config, {"train": up("train"), "load": self.model_identity["load"]}
+        if stage == "evaluate" and tag == "rl":
+            return config, {"rl": up("rl"), "load": self.model_identity["load"]}
         if stage == "evaluate":
             return config, model
         raise ValueError(f"no artifact {name!r}")
@@ -162,6 +175,8 @@ class Pipeline:
             names.append("evaluate:base")
             if self.plan.evaluate_trained:
                 names.append("evaluate:trained")
+            if self.plan.evaluate_rl:
+                names.append("evaluate:rl")
         return {name: self.key(name) for name in names}
 
     def _record(self, artifact: Artifact, label: str | None = None) -> Artifact:
@@ -222,13 +237,14 @@ class Pipeline:
             return str(self.base_artifact.meta()["summary"]["path"])
         return str(self.config["model"]["path"])
 
-    def load_model(self, path: str) -> tuple[Any, Any]:
+    def load_model(self, path: str, dtype: str | None = None) -> tuple[Any, Any]:
+        """The student at `path` as configured (`model.dtype` unless `dtype` is given)."""
         from reasonft.models.loading import load_student, load_tokenizer
 
         m = self.config["model"]
         model = load_student(
             path,
-            dtype=m["dtype"],
+            dtype=dtype or m["dtype"],
             attn_implementation=m["attn_implementation"],
             config_overrides=m.get("config_overrides") or None,
         )
@@ -254,6 +270,9 @@ class Pipeline:
         def produce(tmp: Path) -> dict[str, Any]:
             model, tok = self.base_model
             problems = self.parts.source.problems("train")
+            write_prompt_examples(
+                tmp / PROMPTS, "generate", problems["prompt"][:3], self.prompt_format, tok
+            )
             if ranks is None:
                 samples = generator.generate(problems, model, tok, prompt_format=self.prompt_format)
             else:
@@ -305,6 +324,11 @@ class Pipeline:
             model, tok = self.base_model
             pool = read_records(self.verified.path / RECORDS)
             scorer = self.parts.scorer
+            if scorer.condition_on_prompt:
+                head = pool.select(range(min(3, len(pool))))
+                write_prompt_examples(
+                    tmp / PROMPTS, "score", head["prompt"], self.prompt_format, tok, head["response"]
+                )
             if ranks is None:
                 scored, report = scorer(pool, model, tok)
                 report["processes"] = 1
@@ -366,8 +390,14 @@ class Pipeline:
                 c.callbacks.checkpoint.dirpath = str(ckpt_dir)
 
         def produce(tmp: Path) -> dict[str, Any]:
-            model, tok = self.load_model(self.base_path)
+            # fp32 master weights whatever model.dtype is (training/precision.py).
+            dtype = training_dtype(c.trainer.get("precision"), self.config["model"]["dtype"])
+            model, tok = self.load_model(self.base_path, dtype=dtype)
             records = read_records(self.selected.path / RECORDS)
+            head = records.select(range(min(3, len(records))))
+            write_prompt_examples(
+                tmp / PROMPTS, "train", head["prompt"], self.prompt_format, tok, head["response"]
+            )
             path = train_student(c, records, model, tok, tmp)
             log_model(self.wandb_run, path)
             return {"model": str(Path(path).relative_to(tmp))}
@@ -381,11 +411,52 @@ class Pipeline:
         trained = self.trained
         return str(trained.path / trained.meta()["summary"]["model"])
 
+    # -- rl: GRPO from the fine-tuned (or base) student ------------------------------------------
+    @cached_property
+    def reinforced(self) -> Artifact:
+        from hydra.utils import instantiate
+
+        from reasonft.rl.stage import run_grpo
+
+        # Checkpoints beside the artifact, keyed like it: the same command resumes a killed run.
+        ckpt_dir = self.store.path("rl", self.key("rl")).with_suffix(".checkpoints")
+        start = self.trained_model_path() if "train" in self.plan.stages else self.base_path
+
+        def produce(tmp: Path) -> dict[str, Any]:
+            model, tok = self.load_model(start)
+            model.train()
+            loggers = []
+            if is_rank_zero_process():
+                loggers = [instantiate(n) for n in (self.cfg.get("logger") or {}).values() if n]
+            recipe = self.parts.rl
+            report = run_grpo(
+                recipe, model, tok, self.parts.source.problems(recipe.split), tmp, ckpt_dir,
+                prompt_format=self.prompt_format, data_source=self.parts.source, loggers=loggers,
+                config_overrides=self.config["model"].get("config_overrides") or None,
+                world_size=self.parts.rl_world_size, title=f"GRPO from {Path(start).name}",
+            )
+            if report:
+                log_model(self.wandb_run, str(tmp / report["model"]))
+            return {"start": start, **report}
+
+        return self._build_on_every_rank("rl", produce)
+
+    def rl_model_path(self) -> str:
+        """The GRPO policy's checkpoint folder (inside the rl artifact)."""
+        art = self.reinforced
+        return str(art.path / art.meta()["summary"]["model"])
+
     # -- evaluate ------------------------------------------------------------------------------
     def evaluate(self, tag: str, model_path: str) -> dict[str, Any]:
         def produce(tmp: Path) -> dict[str, Any]:
             model, tok = self.load_model(model_path)
             model.eval()
+            evaluator = self.parts.evaluator
+            first = evaluator.benchmarks[0]
+            problems = evaluator.problems(first, self.parts.source)[0]["prompt"][:3]
+            write_prompt_examples(
+                tmp / PROMPTS, f"evaluate {tag} ({first.name})", problems, self.prompt_format, tok
+            )
             return self.parts.evaluator.evaluate(
                 model, tok, tmp, data_source=self.parts.source, tag=tag,
                 prompt_format=self.prompt_format,
@@ -406,6 +477,7 @@ class Pipeline:
             ("score", "scored"),
             ("select", "selected"),
             ("train", "trained"),
+            ("rl", "reinforced"),
         ):
             if stage in stages:
                 getattr(self, attr)
@@ -415,6 +487,8 @@ class Pipeline:
             self.results["base"] = self.evaluate("base", self.base_path)
             if self.plan.evaluate_trained:
                 self.results["trained"] = self.evaluate("trained", self.trained_model_path())
+            if self.plan.evaluate_rl:
+                self.results["rl"] = self.evaluate("rl", self.rl_model_path())
         if self.results:
             log_eval_table(self.wandb_run, self.results)
         self.shown = self._show_files()

@@ -68,6 +68,9 @@ from reasonft.scoring.token_steps import ScoringExample, ensure_scored_token, to
 log = logging.getLogger(__name__)
 
 METHODS = ("ppl", "galp", "lalp", "all")
+# float64: PPL = exp(-GALP), means in float64; official_bf16: the official PPL script's
+# rounding of the per-token loss, its sum and its mean to bfloat16 (scores.ppl_official_bf16).
+PPL_NUMERICS = ("float64", "official_bf16")
 OVERLENGTH = ("truncate", "drop", "error")
 LALP_PASSES = ("exact", "banded")
 CONDITIONING_COLUMN = "score_conditioning"
@@ -172,6 +175,8 @@ class Scorer:
         progress: show a rich progress bar with tokens/s.
         lalp_pass: "exact" (every window re-encoded) or "banded" (one masked pass, approximate).
         band_positions: the banded pass's position ids, "global" or "local" (`scoring.banded`).
+        ppl_numerics: "float64" (PPL = exp(-GALP)) or "official_bf16" (the official script's
+            bfloat16 loss, sum and mean: PPLs as it writes them, for record-identical selection).
     """
 
     def __init__(
@@ -189,7 +194,11 @@ class Scorer:
         progress: bool = True,
         lalp_pass: str = "exact",
         band_positions: str = "global",
+        ppl_numerics: str = "float64",
     ) -> None:
+        if ppl_numerics not in PPL_NUMERICS:
+            raise ValueError(f"score.ppl_numerics={ppl_numerics!r}: choose one of {PPL_NUMERICS}")
+        self.ppl_numerics = ppl_numerics
         if method not in METHODS:
             raise ValueError(f"score.method={method!r}: choose one of {METHODS}")
         if overlength not in OVERLENGTH:
@@ -481,7 +490,11 @@ class Scorer:
         }
         if global_lp is not None:
             result["galp"] = scores.galp(global_lp)
-            result["ppl"] = scores.ppl_from_galp(result["galp"])
+            result["ppl"] = (
+                scores.ppl_official_bf16(global_lp)
+                if self.ppl_numerics == "official_bf16"
+                else scores.ppl_from_galp(result["galp"])
+            )
         if local_lp is not None:
             result["step_logps"] = scores.step_means(local_lp, ex.token_step, ex.n_steps)
             result["lalp"] = scores.lalp(result["step_logps"])
@@ -525,6 +538,7 @@ class Scorer:
                 if self.needs_local
                 else {}
             ),
+            "ppl_numerics": self.ppl_numerics,
             "max_length": limit,
             "overlength": self.overlength,
             **summarize(results),

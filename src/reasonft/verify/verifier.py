@@ -49,15 +49,19 @@ from reasonft.data.records import (
 )
 from reasonft.verify.extract import extract_answer
 from reasonft.verify.official import official_extract
+from reasonft.verify.rl_reward import rl_extract
 
 # "no_think": the official rule (answer_rule=official) found no `</think>` in the response.
 STATUSES = ("correct", "incorrect", "no_answer", "no_think", "timeout", "error")
 DEFAULT_VERIFY_FN = "reasonft.verify.verifier.math_equal"
 OFFICIAL_VERIFY_FN = "reasonft.verify.official.official_equal"
+RL_VERIFY_FN = "reasonft.verify.rl_reward.rl_equal"
 # How the answer is read out of a response: this project's rule (the last box after the last
-# `</think>`, the whole response without one) or the official OXA evaluation's (reasonft.verify.official).
-ANSWER_RULES = ("last_think", "official")
-GRADERS = ("math_verify", "official")
+# `</think>`, the whole response without one), the official OXA evaluation's (reasonft.verify.official)
+# or the official RL reward's (`after_last_think`: `</think>` required, the text after the last one;
+# reasonft.verify.rl_reward).
+ANSWER_RULES = ("last_think", "official", "after_last_think")
+GRADERS = ("math_verify", "official", "rl")
 _STARTUP_LIMIT_S = 120.0
 _KEPT_EXAMPLES = 10
 
@@ -97,6 +101,8 @@ def read_answer(response: str, answer_rule: str) -> tuple[str | None, str]:
     """(answer, status) by `answer_rule`: status "ok", "no_answer" or (official) "no_think"."""
     if answer_rule == "official":
         return official_extract(response)
+    if answer_rule == "after_last_think":
+        return rl_extract(response)
     answer = extract_answer(response)
     return (None, "no_answer") if answer is None else (answer, "ok")
 
@@ -128,7 +134,8 @@ def is_correct(response: str, gold: str, timeout: float = 5.0, grader: str = "ma
     whole response without one) equals `gold` for math-verify. grader="official": the official
     OXA evaluation's rule (`reasonft.verify.official`): no `</think>` is wrong, the answer is the
     last `\\boxed{}` between the first `</think>` and the next, compared by MATH normalisation
-    then sympy.
+    then sympy. grader="rl": the official RL reward's rule (`reasonft.verify.rl_reward`): no
+    `</think>` is wrong, the text after the last one against the boxed gold with math-verify.
 
     The time limit works in the main thread only (SIGALRM), so from another thread the check
     runs without one — use the Verifier for many responses or untrusted inputs.
@@ -136,6 +143,14 @@ def is_correct(response: str, gold: str, timeout: float = 5.0, grader: str = "ma
     if grader not in GRADERS:
         raise ValueError(f"is_correct(grader={grader!r}): choose one of {list(GRADERS)}")
     in_main = threading.current_thread() is threading.main_thread()
+    if grader == "rl":
+        from reasonft.verify.rl_reward import rl_verdict
+
+        try:
+            with _alarm(timeout if in_main else None):
+                return rl_verdict(response, gold)
+        except _Expired:
+            return False
     if grader == "official":
         from reasonft.verify.official import official_verdict
 
@@ -388,6 +403,22 @@ class Verifier:
         self.verify_fn = verify_fn
         self.start_method = start_method
         self.show_progress = show_progress
+        self._kept: _Pool | None = None
+
+    @contextmanager
+    def kept_workers(self) -> Iterator[Verifier]:
+        """Calls inside the block share one pool of workers, started and warmed up once, instead
+        of a pool per call: for many small calls (an RL reward every step), where starting
+        workers would cost more than verifying."""
+        if self._kept is not None:
+            yield self
+            return
+        self._kept = _Pool(self.workers, self.verify_fn, self.start_method, self.timeout)
+        try:
+            yield self
+        finally:
+            self._kept.close()
+            self._kept = None
 
     @property
     def grader(self) -> str:
@@ -396,6 +427,8 @@ class Verifier:
             return "math_verify"
         if self.verify_fn == OFFICIAL_VERIFY_FN and self.answer_rule == "official":
             return "official"
+        if self.verify_fn == RL_VERIFY_FN and self.answer_rule == "after_last_think":
+            return "rl"
         return f"{self.verify_fn}[{self.answer_rule}]"
 
     def __call__(
@@ -443,19 +476,21 @@ class Verifier:
             task = bar.add_task("verify", total=n - len(to_compare) + len(comparisons))
             bar.advance(task, n - len(to_compare))
             if comparisons:
-                pool = _Pool(
+                pool = self._kept or _Pool(
                     min(self.workers, len(comparisons)),
                     self.verify_fn,
                     self.start_method,
                     self.timeout,
                 )
+                replaced_before = pool.replaced
                 try:
                     for (index, k), status, note in pool.run(iter(comparisons)):
                         results[index][k] = (status, note)
                         bar.advance(task)
                 finally:
-                    pool.close()
-                replaced = pool.replaced
+                    if pool is not self._kept:
+                        pool.close()
+                replaced = pool.replaced - replaced_before
         by_alternative = 0
         for index, forms in results.items():
             status, note = forms[0]
