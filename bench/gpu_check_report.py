@@ -106,12 +106,14 @@ def markdown(report: dict[str, Any]) -> str:
                     score[m]["response_tokens_per_s"],
                     score[m]["peak_memory_mb"],
                 ]
-                for m in ("galp", "lalp")
+                for m in score.get("methods", ("galp", "lalp"))
+                if m in score
             ],
         )
+        over = [k for k in score if k.endswith("_over_galp_seconds")]
         ratios = (
-            f"LALP/GALP time {score['lalp_over_galp_seconds']:.2f}; "
-            f"window tokens {score['lalp_over_galp_window_tokens']:.2f}."
+            "; ".join(f"{k.removesuffix('_over_galp_seconds')}/galp time {score[k]:.2f}" for k in over)
+            + f"; exact LALP window tokens / response tokens {score['lalp_over_galp_window_tokens']:.2f}."
         )
         lines += ["", ratios]
     gen = steps.get("generate", {}).get("result", {})

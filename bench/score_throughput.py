@@ -1,12 +1,21 @@
-"""Scoring throughput: GALP vs exact LALP vs a naive per-window loop, and peak memory.
+"""Scoring throughput: GALP vs exact LALP vs banded LALP vs a naive per-window loop, and peak memory.
 
-A random Qwen2 with the real vocabulary (151,936) and a few small layers, on CPU in float32,
-scores a pool of multi-step responses (paragraph steps, with prompts):
+A random Qwen2 (by default the real vocabulary, 151,936, and a few small layers), on CPU in
+float32, scores a pool of multi-step responses (paragraph steps, with prompts):
 
-- GALP: `Scorer(method="galp")`, one pass over prompt + response per record;
-- LALP: `Scorer(method="lalp", window=k)`, exact (every step re-encoded from its window start);
+- galp: `Scorer(method="galp")`, one pass over prompt + response per record;
+- lalp: `Scorer(method="lalp", window=k)`, exact (every step re-encoded from its window start);
+- banded: `Scorer(method="lalp", window=k, lalp_pass="banded")`, one masked pass (approximate);
 - naive: for every step, one separate forward over prompt + window with full logits at every
   position, log_softmax, gather (what an implementation without packing/caching does).
+
+`--window` takes an integer k or a fraction f of the preceding steps (0.25). The layer-dominated
+shape (many layers, a narrow vocabulary: the transformer layers, which exact LALP runs once per
+window token, dominate as at the 1.5B and 7B shapes; LALP applies the vocabulary projection only
+once per token) on R1-length traces:
+
+    .venv/bin/python bench/score_throughput.py --only throughput --layers 12 --vocab 1024 \
+        --responses 3 --min-steps 60 --max-steps 300 --window 0.25 --methods galp,lalp,banded
 
 The methods run in turns, rotated every round, so that load from other processes on a shared
 CPU hits them alike; ratios are taken inside each round and their median is reported.
@@ -39,7 +48,7 @@ import torch
 from reasonft.data.prompts import build_prompt
 from reasonft.models.loading import random_student
 from reasonft.models.tokenizer import train_tokenizer
-from reasonft.scoring.lalp import window_groups
+from reasonft.scoring.lalp import WindowSpec, window_groups, window_size
 from reasonft.scoring.scorer import Scorer
 
 VOCAB = 151_936
@@ -75,20 +84,20 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, list[dict[str, Any]]]:
     tokenizer = train_tokenizer([r["prompt"] + r["response"] for r in records], vocab_size=512)
     config = {
         "model_type": "qwen2",
-        "vocab_size": VOCAB,
+        "vocab_size": args.vocab,
         "hidden_size": args.hidden,
         "intermediate_size": args.intermediate,
         "num_hidden_layers": args.layers,
         "num_attention_heads": args.heads,
         "num_key_value_heads": args.kv_heads,
-        "max_position_embeddings": 4096,
+        "max_position_embeddings": 32768,  # R1-length traces (300 steps) fit untruncated
         "tie_word_embeddings": True,
     }
     model = random_student(config, dtype="float32", seed=0).eval()
     return model, tokenizer, records
 
 
-def count_window_tokens(examples: list[Any], window: int) -> int:
+def count_window_tokens(examples: list[Any], window: WindowSpec) -> int:
     """Response tokens that exact LALP re-encodes: every window group from its first step."""
     total = 0
     for ex in examples:
@@ -100,7 +109,7 @@ def count_window_tokens(examples: list[Any], window: int) -> int:
 
 
 def naive_lalp(
-    model: Any, tokenizer: Any, records: list[dict[str, Any]], window: int
+    model: Any, tokenizer: Any, records: list[dict[str, Any]], window: WindowSpec
 ) -> list[float]:
     """One separate forward per step window, logits at every position."""
     scorer = Scorer(method="lalp", window=window, progress=False)
@@ -111,7 +120,7 @@ def naive_lalp(
             bounds = ex.step_bounds()
             means = []
             for i, (a, e) in enumerate(bounds):
-                start = bounds[max(0, i - window)][0]
+                start = bounds[i - window_size(i, window)][0]
                 seq = np.concatenate([ex.prompt_ids, ex.response_ids[start:e]])
                 logits = model(input_ids=torch.as_tensor(seq)[None]).logits[0]
                 logp = torch.log_softmax(logits.float(), dim=-1)
@@ -138,55 +147,73 @@ def throughput(args: argparse.Namespace) -> None:
         "chunk_tokens": args.chunk_tokens,
         "progress": False,
     }
-    galp = Scorer(method="galp", **common)
-    lalp = Scorer(method="lalp", window=args.window, **common)
-    examples = lalp.encode(records, range(len(records)), tokenizer)
+    scorers = {
+        "galp": Scorer(method="galp", **common),
+        "lalp": Scorer(method="lalp", window=args.window, **common),
+        "banded": Scorer(method="lalp", window=args.window, lalp_pass="banded", **common),
+    }
+    examples = scorers["lalp"].encode(records, range(len(records)), tokenizer)
     n_resp = sum(len(ex.response_ids) for ex in examples)
     n_prompt = sum(len(ex.prompt_ids) for ex in examples)
-    n_steps = sum(ex.n_steps for ex in examples)
+    n_steps = [ex.n_steps for ex in examples]
     window_tokens = count_window_tokens(examples, args.window)
     print(
-        f"model: Qwen2 vocab {VOCAB}, hidden {args.hidden}, {args.layers} layers, intermediate "
+        f"model: Qwen2 vocab {args.vocab}, hidden {args.hidden}, {args.layers} layers, intermediate "
         f"{args.intermediate}, heads {args.heads}/{args.kv_heads}, float32, CPU threads {args.threads}"
     )
     print(
-        f"pool: {len(records)} responses, {n_steps} paragraph steps, {n_resp} response tokens "
-        f"(mean {n_resp / len(records):.0f}), {n_prompt} prompt tokens; LALP k={args.window} "
-        f"window tokens {window_tokens} ({window_tokens / n_resp:.2f}x the response)"
+        f"pool: {len(records)} responses, {sum(n_steps)} paragraph steps ({min(n_steps)}-"
+        f"{max(n_steps)} a response), {n_resp} response tokens (mean {n_resp / len(records):.0f}), "
+        f"{n_prompt} prompt tokens; window {args.window}: exact LALP re-encodes {window_tokens} "
+        f"window tokens ({window_tokens / n_resp:.2f}x the response), banded LALP 1.00x"
     )
     runs = {
-        "galp": lambda: galp.score(records, model, tokenizer)["galp"],
-        "lalp": lambda: lalp.score(records, model, tokenizer)["lalp"],
-        "naive": lambda: naive_lalp(model, tokenizer, records, args.window),
+        name: (lambda s=scorer, col=column: s.score(records, model, tokenizer)[col])
+        for name, scorer, column in (
+            ("galp", scorers["galp"], "galp"),
+            ("lalp", scorers["lalp"], "lalp"),
+            ("banded", scorers["banded"], "lalp"),
+        )
     }
-    timed(lambda: galp.score(records[:2], model, tokenizer))  # warm-up
-    names = list(runs)
+    runs["naive"] = lambda: naive_lalp(model, tokenizer, records, args.window)
+    names = args.methods.split(",")
+    unknown = sorted(set(names) - set(runs))
+    if unknown or "galp" not in names:
+        raise SystemExit(f"--methods {args.methods}: choose among {list(runs)}, galp included")
+    timed(lambda: scorers["galp"].score(records[:1], model, tokenizer))  # warm-up
     walls, cpus = [], []
     for r in range(args.rounds):
-        order = names[r % 3 :] + names[: r % 3]
+        order = names[r % len(names) :] + names[: r % len(names)]
         wall, cpu, values = {}, {}, {}
         for name in order:
             wall[name], cpu[name], values[name] = timed(runs[name])
-        diff = float(np.max(np.abs(np.asarray(values["lalp"]) - np.asarray(values["naive"]))))
         walls.append(wall)
         cpus.append(cpu)
-        print(
-            f"round {r + 1} ({' -> '.join(order)}): wall galp {wall['galp']:.2f}s lalp {wall['lalp']:.2f}s "
-            f"naive {wall['naive']:.2f}s | cpu galp {cpu['galp']:.2f}s lalp {cpu['lalp']:.2f}s "
-            f"naive {cpu['naive']:.2f}s | max |lalp - naive| {diff:.1e}"
-        )
+        line = f"round {r + 1} ({' -> '.join(order)}): wall " + " ".join(
+            f"{n} {wall[n]:.2f}s" for n in names
+        ) + " | cpu " + " ".join(f"{n} {cpu[n]:.2f}s" for n in names)
+        if "naive" in values and "lalp" in values:
+            diff = np.max(np.abs(np.asarray(values["lalp"]) - np.asarray(values["naive"])))
+            line += f" | max |lalp - naive| {diff:.1e}"
+        if "banded" in values and "lalp" in values:
+            diff = np.max(np.abs(np.asarray(values["lalp"]) - np.asarray(values["banded"])))
+            line += f" | max |lalp - banded| {diff:.1e} (random weights)"
+        print(line, flush=True)
     for name in names:
         t = statistics.median(x[name] for x in walls)
         c = statistics.median(x[name] for x in cpus)
-        print(f"{name:>5}: median wall {t:.2f}s ({n_resp / t:,.0f} response tok/s), cpu {c:.2f}s")
+        print(f"{name:>6}: median wall {t:.2f}s ({n_resp / t:,.0f} response tok/s), cpu {c:.2f}s")
+    pairs = [(n, "galp") for n in names if n != "galp"]
+    if "lalp" in names and "banded" in names:
+        pairs.append(("lalp", "banded"))
     for label, table in (("wall", walls), ("cpu ", cpus)):
-        lg = [x["lalp"] / x["galp"] for x in table]
-        ng = [x["naive"] / x["galp"] for x in table]
-        print(
-            f"RATIOS {label} (median of {len(table)} rounds, min-max): "
-            f"LALP/GALP {statistics.median(lg):.2f} ({min(lg):.2f}-{max(lg):.2f}); "
-            f"naive/GALP {statistics.median(ng):.2f} ({min(ng):.2f}-{max(ng):.2f})"
-        )
+        parts = []
+        for a, b in pairs:
+            ratios = [x[a] / x[b] for x in table]
+            parts.append(
+                f"{a}/{b} {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+            )
+        print(f"RATIOS {label} (median of {len(table)} rounds, min-max): " + "; ".join(parts))
 
 
 def memory_probe(args: argparse.Namespace) -> None:
@@ -251,6 +278,11 @@ def memory(args: argparse.Namespace) -> None:
         print(line)
 
 
+def window_arg(text: str) -> WindowSpec:
+    """`4` is k = 4 steps; `0.25` (or `1.0`) a fraction of the preceding steps."""
+    return float(text) if "." in text else int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--responses", type=int, default=16)
@@ -261,7 +293,15 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--kv-heads", type=int, default=2)
-    parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=VOCAB)
+    parser.add_argument(
+        "--window", type=window_arg, default=4, help="integer k, or a fraction f in (0, 1] (0.25)"
+    )
+    parser.add_argument(
+        "--methods",
+        default="galp,lalp,naive",
+        help="comma-separated, galp first among galp, lalp, banded, naive",
+    )
     parser.add_argument("--batch-tokens", type=int, default=8192)
     parser.add_argument("--chunk-tokens", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)

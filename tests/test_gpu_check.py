@@ -61,6 +61,10 @@ def test_dry_run_writes_every_step_with_a_status(tmp_path: Path) -> None:
     score = steps["score"]["result"]
     assert score["galp"]["response_tokens_per_s"] > 0 and score["lalp"]["seconds"] > 0
     assert score["lalp_over_galp_window_tokens"] >= 1.0
+    for name in ("lalp_banded", "lalp_banded_f0.25"):  # the one-pass approximation is timed too
+        assert score[name]["seconds"] > 0 and score[f"{name}_over_galp_seconds"] > 0
+    md_score = (outdir / "gpu_check.md").read_text().split("## Scoring")[1]
+    assert "| lalp_banded_f0.25 |" in md_score and "lalp_banded/galp time" in md_score
     assert steps["generate"]["result"]["hf_generator_tokens_per_s"] > 0
     md = (outdir / "gpu_check.md").read_text()
     assert all(f"| {name} | {steps[name]['status']} |" in md for name in steps)
@@ -207,3 +211,56 @@ def test_matmul_rate_counts_two_n_cubed_per_product(monkeypatch) -> None:
     monkeypatch.setattr(matmul_peak.time, "perf_counter", lambda: next(ticks))
     rate = matmul_peak.matmul_flops_per_s(8, torch.float32, "cpu", warmup=1, repeats=5)
     assert rate == 2 * 8**3 * 5 / 2.0
+
+
+# ---- scoring FLOPs (bench/flops.py: GALP, exact LALP, banded LALP) ------------------------
+
+
+def test_scoring_flops_equal_torch_flop_counter() -> None:
+    """GALP (dense pairs through eager attention), exact LALP (its passes, written out here) and
+    banded LALP with a dense mask, against what torch's flop counter sees in those forwards."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from reasonft.models.loading import random_student
+
+    model = random_student(TINY, attn_implementation="eager").eval()
+    shape = flops.DecoderShape.from_config(TINY)
+    prompt, steps = 3, [2, 4, 1, 3]
+    length, total = prompt + sum(steps), sum(steps)
+
+    def counted(n_tokens: int, scored: int) -> int:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            hidden = model.base_model(input_ids=torch.ones((1, n_tokens), dtype=torch.long))
+            model.lm_head(hidden.last_hidden_state[0, :scored])
+        return counter.get_total_flops()
+
+    # Eager attention multiplies every (query, key) pair: a dense mask's work.
+    dense = flops.scoring_flops(shape, prompt, steps, 1, "banded", dense_mask=True)
+    assert dense == counted(length, total)
+    # Causal work = dense work less the pairs above the diagonal.
+    per_pair = 4 * shape.layers * shape.heads * shape.head_dim
+    above = length * (length - 1) // 2
+    assert flops.scoring_flops(shape, prompt, steps, 1, "galp") == dense - per_pair * above
+    # Exact LALP, k = 1: the prompt, then passes over steps 0-1, 1-2, 2-3 (each token sees the
+    # prompt and its pass causally), then the vocabulary projection of every response token.
+    passes = [(0, 2), (1, 3), (2, 4)]
+    lengths = [sum(steps[a:b]) for a, b in passes]
+    linear = 2 * (shape.linear_weights - shape.hidden * shape.vocab)
+    reference = linear * (prompt + sum(lengths)) + 2 * shape.hidden * shape.vocab * total
+    reference += per_pair * (prompt * (prompt + 1) // 2)
+    reference += per_pair * sum(n * prompt + n * (n + 1) // 2 for n in lengths)
+    assert flops.scoring_flops(shape, prompt, steps, 1, "lalp") == reference
+
+
+@pytest.mark.parametrize("window", [1, 2, 0.5])
+def test_banded_flops_count_the_pairs_the_mask_admits(window) -> None:
+    import numpy as np
+
+    from reasonft.scoring.banded import band_mask, row_band_starts, token_window_starts
+
+    shape = flops.DecoderShape.from_config(TINY)
+    prompt, steps = 5, [3, 1, 4, 2, 6, 2]
+    token_step = np.repeat(np.arange(len(steps)), steps)
+    mask = band_mask(prompt, row_band_starts(token_window_starts(token_step, window)))
+    expected = flops.forward_flops(shape, prompt + sum(steps), sum(steps), int(mask.sum()))
+    assert flops.scoring_flops(shape, prompt, steps, window, "banded") == expected

@@ -68,6 +68,8 @@ def run_signature(records: datasets.Dataset, scorer: Scorer) -> str:
         scorer.conditioning,
         repr(scorer.steps),
     ]
+    if scorer.lalp_pass != "exact":  # exact LALP's signatures stay those of earlier shards
+        settings += [scorer.lalp_pass, scorer.band_positions]
     digest = hashlib.sha1(lengths.tobytes())
     digest.update(json.dumps([len(records), settings]).encode())
     return digest.hexdigest()

@@ -19,6 +19,10 @@ Methods: "ppl" and "galp" run one full-prefix pass and fill `ppl` and `galp` (sa
 log-probs); "all" fills everything, reusing the full-prefix pass's prompt cache and its token
 log-probs for the steps whose window reaches back to the first step. Columns a method does not
 compute hold null.
+
+How LALP is computed (`lalp_pass`): "exact" re-encodes every step's window (`scoring.lalp`);
+"banded" runs one masked pass over prompt + response (`scoring.banded`, an approximation at
+GALP's cost; `band_positions` picks its position ids). The report records which.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from transformers import DynamicCache
 from reasonft.data.prompts import PromptFormat
 from reasonft.data.records import SCORE_COLUMNS, as_dataset, require_columns
 from reasonft.scoring import scores
+from reasonft.scoring.banded import banded_token_logprobs, check_positions
 from reasonft.scoring.batching import length_sorted_batches, pad_right
 from reasonft.scoring.lalp import (
     PromptContext,
@@ -67,6 +72,7 @@ METHODS = ("ppl", "galp", "lalp", "all")
 # rounding of the per-token loss, its sum and its mean to bfloat16 (scores.ppl_official_bf16).
 PPL_NUMERICS = ("float64", "official_bf16")
 OVERLENGTH = ("truncate", "drop", "error")
+LALP_PASSES = ("exact", "banded")
 CONDITIONING_COLUMN = "score_conditioning"
 GLOBAL_COLUMNS = ("ppl", "galp")  # the full-prefix pass
 LOCAL_COLUMNS = ("lalp", "step_logps")  # the windowed passes
@@ -167,6 +173,8 @@ class Scorer:
             `max_position_embeddings`.
         overlength: "truncate" | "drop" | "error" for a longer record (see the module doc).
         progress: show a rich progress bar with tokens/s.
+        lalp_pass: "exact" (every window re-encoded) or "banded" (one masked pass, approximate).
+        band_positions: the banded pass's position ids, "global" or "local" (`scoring.banded`).
         ppl_numerics: "float64" (PPL = exp(-GALP)) or "official_bf16" (the official script's
             bfloat16 loss, sum and mean: PPLs as it writes them, for record-identical selection).
     """
@@ -184,6 +192,8 @@ class Scorer:
         max_length: int | None = None,
         overlength: str = "truncate",
         progress: bool = True,
+        lalp_pass: str = "exact",
+        band_positions: str = "global",
         ppl_numerics: str = "float64",
     ) -> None:
         if ppl_numerics not in PPL_NUMERICS:
@@ -199,6 +209,9 @@ class Scorer:
                 "model's max_position_embeddings"
             )
         check_window(window, window_rounding)
+        if lalp_pass not in LALP_PASSES:
+            raise ValueError(f"score.lalp_pass={lalp_pass!r}: choose one of {LALP_PASSES}")
+        check_positions(band_positions)
         if batch_tokens < 1 or chunk_tokens < 1:
             raise ValueError(
                 f"score.batch_tokens={batch_tokens}, score.chunk_tokens={chunk_tokens}: must be >= 1"
@@ -214,6 +227,8 @@ class Scorer:
         self.overlength = overlength
         self.prompt_format = PromptFormat.coerce(prompt_format)
         self.progress = progress
+        self.lalp_pass = lalp_pass
+        self.band_positions = band_positions
         self.report: dict[str, Any] = {}
 
     @property
@@ -385,7 +400,17 @@ class Scorer:
                         model, todo, self.chunk_tokens, keep_context=self.needs_local
                     )
                     global_logps = {ex.index: lp for ex, lp in zip(todo, full)}
-                if self.needs_local:
+                if self.needs_local and self.lalp_pass == "banded":
+                    local = banded_token_logprobs(
+                        model,
+                        todo,
+                        self.window,
+                        self.window_rounding,
+                        self.band_positions,
+                        self.chunk_tokens,
+                    )
+                    local_logps = {ex.index: lp for ex, lp in zip(todo, local)}
+                elif self.needs_local:
                     local = local_token_logprobs(
                         model,
                         todo,
@@ -508,6 +533,11 @@ class Scorer:
                 bar.update(task, advance=len(batch), tokens=tokens)
         self.report = {
             "method": self.method,
+            **(
+                {"lalp_pass": self.lalp_pass, "window": self.window}
+                if self.needs_local
+                else {}
+            ),
             "ppl_numerics": self.ppl_numerics,
             "max_length": limit,
             "overlength": self.overlength,
