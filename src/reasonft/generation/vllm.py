@@ -86,6 +86,13 @@ def checkpoint_path(model: Any) -> Path:
     return path
 
 
+def checkpoint_eos(path: Path) -> Any:
+    """The EOS id(s) of the folder's generation_config.json (what a model loaded from it has as
+    `generation_config.eos_token_id`, e.g. a chat model's end of turn besides the tokenizer's EOS)."""
+    file = path / "generation_config.json"
+    return json.loads(file.read_text()).get("eos_token_id") if file.is_file() else None
+
+
 def _disk_tensors(path: Path, names: Sequence[str]) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 
@@ -321,7 +328,10 @@ class VLLMGenerator:
 
         order = [(row, s) for row in range(len(problems)) for s in range(n)]
         ids = prompt_token_ids(list(problems["prompt"]), tokenizer, prompt_format)
-        model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        model_eos = (
+            getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+            if isinstance(model, torch.nn.Module) else checkpoint_eos(path)
+        )
         stops = stop_token_ids(tokenizer, model_eos, self.extra_stop_tokens, self.stop_token_ids)
         prompt_ids = list(problems["prompt_id"])
         limit = self.max_total_tokens or _engine_max_model_len(llm)
