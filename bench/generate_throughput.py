@@ -167,7 +167,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--vllm", action="store_true", help="the vLLM backend beside the transformers one")
     parser.add_argument("--model-path", nargs="*", default=[], help="checkpoint folders (with --vllm)")
-    parser.add_argument("--max-model-len", type=int, default=1024, help="vLLM's context (with --vllm)")
+    parser.add_argument("--max-model-len", type=int, default=None,
+                        help="vLLM's context (with --vllm; null: the model's max_position_embeddings)")
     args = parser.parse_args()
     if args.vllm and args.threads is None:
         args.threads = 1
