@@ -72,7 +72,7 @@ def test_oxa6_evaluation_with_vllm_at_tiny_sizes(tmp_path):
     benchmarks = ["AIME24", "AIME25", "HMMT25", "CMIMC25", "BRUMO25", "Minerva"]
     overrides = [
         "stages=[evaluate,report]", *TINY, "eval=oxa6", "eval.ks=[1,2]",
-        *[f"eval.benchmarks.{b}.limit=1" for b in benchmarks],
+        *[f"+eval.benchmarks.{b}.limit=1" for b in benchmarks],
         *[f"eval.benchmarks.{b}.n_samples=2" for b in benchmarks],
         "eval.generator.stop_token_ids=[]", 'eval.generator.extra_stop_tokens=["<|im_end|>"]',
         "eval.generator.max_new_tokens=16", "eval.generator.max_total_tokens=4096",
