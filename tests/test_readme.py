@@ -5,6 +5,7 @@ snippet runs; every `python bench/...` command's script answers `--help`."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import itertools
 import json
@@ -85,14 +86,11 @@ def test_the_readme_shows_commands():
 
 
 @pytest.fixture(scope="module")
-def placeholders(tmp_path_factory, tiny_model, tiny_tokenizer):
-    """Real files in place of the README's /ckpt/... and /data/... paths."""
-    from reasonft.models.tokenizer import save_tokenizer
-
+def placeholders(tmp_path_factory, smollm2_path):
+    """Real files in place of the README's /ckpt/... and /data/... paths: the real pretrained
+    student (SmolLM2-135M-Instruct, converted) for every checkpoint, small teacher pools."""
     root = tmp_path_factory.mktemp("readme")
-    ckpt = root / "ckpt"
-    tiny_model.save_pretrained(ckpt)
-    save_tokenizer(tiny_tokenizer, ckpt)
+    ckpt = smollm2_path
     traces = root / "r1_traces.jsonl"
     rows = [
         {"problem": "What is 1 + 1?", "answer": "2", "generation": "<think>1+1=2</think> \\boxed{2}", "model": "R1"},
@@ -198,6 +196,50 @@ def test_teacher_ranking_recipe_runs_and_prints_its_table(tmp_path):
     md = (tmp_path / "run" / "results.md").read_text()
     assert "## Teacher ranking" in md and "| numbered |" in md and "mean GALP" in md
     assert (tmp_path / "run" / "select" / "teacher_ranking.png").exists()
+
+
+FOUR_RECIPES = "python run.py -m experiment=toy_sft,toy_sft_lp,toy_oxa_mle,toy_oxa_full seed=1,2,3"
+# The miniature student's PPLs lie far above the toy promote window: one bin over [1, 10001]
+# lets the OXA recipes promote teacher data (the OXA_FULL steps then mix CE and UL).
+WIDE_PROMOTE = ["ppl_min=1.0", "ppl_max=10001.0", "bin_width=10000.0", "mu=5001.0"]
+PROMOTE_KEY = {"toy_oxa_mle": "select", "toy_oxa_full": "select.promote"}
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("recipes") / "cache"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["toy_sft", "toy_sft_lp", "toy_oxa_mle", "toy_oxa_full"])
+def test_every_recipe_of_the_multirun_runs_end_to_end(recipe, shared_cache, tmp_path):
+    """Each job of the README's four-recipe multirun (seed 1) at tiny sizes, through training and
+    the evaluation of the trained student; OXA_FULL's every step holds 8 CE + 8 UL sequences."""
+    assert FOUR_RECIPES in run_commands()
+    files = {"ckpt": "", "jsonl": "", "parquet": ""}  # the command names no file
+    [job] = [j for j in expand(FOUR_RECIPES, files) if f"experiment={recipe}" in j and "seed=1" in j]
+    promote = [f"{PROMOTE_KEY[recipe]}.{s}" for s in WIDE_PROMOTE] if recipe in PROMOTE_KEY else []
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            *job, *TINY_TOY, *promote, "logger=csv", "trainer.max_epochs=1",
+            f"paths.output_dir={tmp_path}/run", f"paths.cache_dir={shared_cache}",
+        ])
+    pipeline = Pipeline(cfg)
+    pipeline.run()
+    assert {"train", "evaluate"} <= {a.stage for a in pipeline.artifacts}
+    assert set(pipeline.results) == {"base", "trained"}
+    report = json.loads((pipeline.trained.path / "train_report.json").read_text())
+    assert report["global_step"] == report["data"]["sampler"]["steps_per_epoch"] > 0
+    (metrics,) = (tmp_path / "run").rglob("metrics.csv")
+    rows = [r for r in csv.DictReader(metrics.open()) if r.get("loss")]
+    assert len(rows) == report["global_step"]
+    composition = {(float(r.get("sequences_ce") or 0), float(r.get("sequences_ul") or 0)) for r in rows}
+    if recipe == "toy_oxa_full":
+        assert report["data"]["by_loss_type"]["ce"] > 0 and report["data"]["by_loss_type"]["ul"] > 0
+        assert composition == {(8.0, 8.0)}, composition
+        assert all(float(r["loss_ul"]) > 0 and float(r["loss_ce"]) > 0 for r in rows)
+    else:
+        assert composition == {(16.0, 0.0)}, composition
 
 
 @needs_shared(BENCHMARKS)

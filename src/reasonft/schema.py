@@ -16,6 +16,12 @@ from omegaconf import MISSING
 class EpochEnd(str, Enum):
     shortest = "shortest"  # an epoch ends when either pool cannot fill a step (official)
     ce = "ce"              # CE sets the epoch, UL cycles
+    official = "official"  # the official sampler: micro-steps, a partial last step (sampler.py)
+
+
+class SettingsFor(str, Enum):
+    toy = "toy"    # sizes, learning rate and selection windows placed for the toy student
+    real = "real"  # placed for pretrained checkpoints (the paper and smollm2_* presets)
 
 
 class Overlength(str, Enum):
@@ -50,6 +56,10 @@ class RunConfig:
     task_name: str = MISSING
     seed: int = 42
     objective: str = "pass@1"
+    # What the run's settings were placed for (set by the experiment presets), and whether a
+    # pretrained model may run with toy-world settings (pipeline/startup.py says which ones).
+    settings_for: SettingsFor = SettingsFor.toy
+    allow_toy_settings: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
     paths: Any = None
     data: Any = None

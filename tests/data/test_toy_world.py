@@ -301,3 +301,20 @@ def test_data_config_instantiates_the_world():
     assert isinstance(world, ToyWorld)
     assert world.settings()["teachers"] == list(cfg.source.teachers)
     assert len(world.problems("train")) == 30 and len(world.teacher_pool()) == 30 * 4
+
+
+def test_warmup_split_is_apart_from_train_and_test_and_leaves_the_default_world_as_it_was():
+    from reasonft.data.toy import ToyWorld
+
+    default = ToyWorld(n_train=300, n_test=50)
+    warm = ToyWorld(n_train=300, n_test=50, train_split="warmup")
+    expressions = {s: {p.expression for p in default.problem_list(s)} for s in ("train", "test")}
+    warm_train = warm.problem_list("train")
+    assert len(warm_train) == 300 and all(p.prompt_id.startswith("warmup-") for p in warm_train)
+    assert not {p.expression for p in warm_train} & (expressions["train"] | expressions["test"])
+    assert [p.expression for p in warm.problem_list("test")] == [
+        p.expression for p in default.problem_list("test")
+    ]
+    assert "train_split" not in default.settings() and warm.settings()["train_split"] == "warmup"
+    with pytest.raises(ValueError, match="train_split='dev'"):
+        ToyWorld(train_split="dev")

@@ -27,6 +27,10 @@ EVERY_GROUP_FROM = (None, "oxa_full_1.5b")
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 HAS_CUDA = torch.cuda.is_available()
+# Model options of real checkpoints (model.pretrained: true), and the data options whose world
+# the toy student was built on.
+PRETRAINED = ("hf", "qwen", "smollm2")
+TOY_STUDENT_DATA = ("toy", "toy_real", "toy_warmup")
 
 
 def options(group: str) -> list[str]:
@@ -56,8 +60,12 @@ def _expected_error(preset: str | None, group: str, option: str, data: str) -> s
         return "vLLM"
     if group == "trainer" and option == "gpu" and not HAS_CUDA:
         return "gpu"
-    model = option if group == "model" else ("toy" if preset is None or preset.startswith("toy") else "qwen")
-    if model.startswith("toy") and data != "toy":
+    toy_settings = preset is None or preset.startswith("toy")
+    preset_model = "toy" if toy_settings else ("smollm2_warm" if preset.startswith("smollm2") else "qwen")
+    model = option if group == "model" else preset_model
+    if model.startswith(PRETRAINED) and (toy_settings or data in ("toy", "toy_lalp")):
+        return "settings_for / data"
+    if model.startswith("toy") and data not in TOY_STUDENT_DATA:
         return "model.build.world"
     return None
 

@@ -169,99 +169,88 @@ def _run_dir(tmp_path: Path) -> Path:
     return run_dir
 
 
+# A miniature toy world, SFT on random verified teacher responses (no self-samples): every
+# stage builds, and the trained student is evaluated.
+TINY_SFT = [
+    "experiment=toy_sft",
+    "data.source.n_train=24",
+    "data.source.n_test=6",
+    "data.source.max_ops=2",
+    "model.build.steps=10",
+    "model.build.n_pretrain=200",
+    "model.build.vocab_size=400",
+    "model.build.hidden_size=32",
+    "model.build.intermediate_size=64",
+    "verify.workers=1",
+    "eval.benchmarks.toy_test.n_samples=2",
+    "eval.benchmarks.toy_test.limit=4",
+    "eval.benchmarks.toy_test_greedy.limit=4",
+    "eval.ks=[1,2]",
+    "eval.generator.max_new_tokens=24",
+    "eval.heldout_entropy.limit=4",
+    "select.n=24",
+    "train.micro_batch_size=4",
+    "train.ce_per_step=8",
+    "trainer.max_epochs=1",
+    "callbacks.progress_bar=null",
+]
+
+
+@pytest.mark.slow
 def test_pipeline_run_logs_config_curves_tables_and_reference_artifacts(
-    tmp_path: Path, offline: None, tiny_tokenizer: Any, tiny_model: Any
+    tmp_path: Path, offline: None
 ) -> None:
-    import copy
-
+    """`run_pipeline` with logger=wandb offline: the run folder holds what the stages logged."""
     import wandb
+    from hydra import compose, initialize_config_dir
 
-    from reasonft.data.records import as_dataset
-    from reasonft.io import write_records
-    from reasonft.training.train import train_student
-    from reasonft.wandb_artifacts import (
-        log_config,
-        log_eval_table,
-        log_model,
-        log_objective,
-        log_selection,
-        wandb_session,
-    )
+    import reasonft  # noqa: F401
+    from reasonft.pipeline.runner import run_pipeline
 
-    cfg = _cfg(tmp_path, "wbtest")
-    records = as_dataset(
-        [
-            {
-                "prompt_id": f"p{i}",
-                "prompt": f"{i} + 1?",
-                "response": f"It is {i + 1}.",
-                "source": "t",
-                "loss_type": "ce",
-                "selected_by": "ppl_gaussian",
-                "ppl": 1.5 + i / 10,
-            }
-            for i in range(6)
-        ]
-    )
-    records_path = write_records(records, tmp_path / "select" / "records.parquet")
-    report = {
-        "selector": "oxa",
-        "n_selected": 6,
-        "promote": {"selector": "ppl_gaussian", "n": 6, "shortfall": 0},
-    }
-    results = {
-        "base": {
-            "benchmarks": {"toy": {"pass@1": 0.25, "entropy": 1.5}},
-            "average": {"pass@1": 0.25},
-        },
-        "trained": {
-            "benchmarks": {"toy": {"pass@1": 0.5, "entropy": 1.2}},
-            "average": {"pass@1": 0.5},
-        },
-    }
-    with wandb_session(cfg) as run:
-        assert run is not None and wandb.run is run
-        assert log_config(run, cfg)
-        assert log_selection(None, report, records_path)  # None: the active run
-        model_dir = train_student(
-            cfg, records, copy.deepcopy(tiny_model), tiny_tokenizer, tmp_path / "train"
-        )
-        assert wandb.run is run, "the WandbLogger must reuse the pipeline's run"
-        assert log_model(run, model_dir)
-        assert log_eval_table(run, results)
-        assert log_objective(run, "pass@1", 0.5)
+    overrides = [
+        *TINY_SFT, f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
+        "task_name=wbtest", "logger=wandb", "logger.wandb.offline=true",
+    ]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    objective = run_pipeline(cfg)
     assert wandb.run is None
 
     run_dir = _run_dir(tmp_path)
     logged = read_finished_run(run_dir)
-    assert logged["group"] == "wbtest"
-    assert logged["exit_code"] == 0
-    assert logged["config"]["train"]["ce_per_step"] == 2
+    train_report = json.loads(next((tmp_path / "cache").rglob("train_report.json")).read_text())
+    assert logged["group"] == "wbtest" and logged["exit_code"] == 0
+    assert logged["config"]["train"]["ce_per_step"] == 8
     assert logged["config"]["task_name"] == "wbtest"
 
+    # One row per optimiser step, logged by the WandbLogger into the pipeline's run.
     steps = [row for row in logged["history"] if "loss" in row]
-    assert [row["trainer/global_step"] for row in steps] == [0, 1, 2]
-    assert all(isinstance(row["loss"], float) for row in steps)
+    assert [row["trainer/global_step"] for row in steps] == list(range(train_report["global_step"]))
+    assert steps and all(isinstance(row["loss"], float) for row in steps)
 
     report_table = _table(run_dir, logged["history"], "selection/report")
     assert report_table["columns"] == ["key", "value"]
-    assert ["promote/n", "6"] in report_table["data"]
+    assert ["selector", "random"] in report_table["data"]
     records_table = _table(run_dir, logged["history"], "selection/records")
-    assert [row[0] for row in records_table["data"]] == [f"p{i}" for i in range(6)]
+    n_selected = logged["summary"]["selection/n_selected"]
+    assert len(records_table["data"]) == n_selected > 0
     eval_table = _table(run_dir, logged["history"], "evaluation/table")
-    assert eval_table["columns"] == ["model", "benchmark", "pass@1", "entropy"]
-    assert eval_table["data"] == [["base", "toy", 0.25, 1.5], ["trained", "toy", 0.5, 1.2]]
-    assert logged["summary"]["evaluation/trained/pass@1"] == 0.5
-    assert logged["summary"]["selection/n_selected"] == 6
-    assert logged["summary"]["objective"] == 0.5 and logged["summary"]["objective/pass@1"] == 0.5
+    assert {(row[0], row[1]) for row in eval_table["data"]} == {
+        (model, bench) for model in ("base", "trained") for bench in ("toy_test_greedy", "toy_test")
+    }
+    pass1 = eval_table["columns"].index("pass@1")
+    trained = [row[pass1] for row in eval_table["data"] if row[0] == "trained"]
+    assert logged["summary"]["evaluation/trained/pass@1"] == pytest.approx(sum(trained) / 2)
+    assert logged["summary"]["objective"] == pytest.approx(objective) == pytest.approx(sum(trained) / 2)
 
     by_type = {a["type"]: a for a in logged["artifacts"]}
     assert by_type["dataset"]["name"] == "selection-wbtest"
     assert by_type["model"]["name"] == "student-wbtest"
-    assert by_type["dataset"]["entries"] == {"records.parquet": records_path.resolve().as_uri()}
-    model_refs = by_type["model"]["entries"]
-    assert model_refs["config.json"] == (Path(model_dir).resolve() / "config.json").as_uri()
-    assert "model.safetensors" in model_refs
+    (records_uri,) = by_type["dataset"]["entries"].values()
+    assert records_uri.startswith((tmp_path / "cache").resolve().as_uri()) and records_uri.endswith(
+        "records.parquet"
+    )
+    assert {"config.json", "model.safetensors"} <= set(by_type["model"]["entries"])
 
 
 def test_failed_job_finishes_its_run_with_exit_code_1(tmp_path: Path, offline: None) -> None:

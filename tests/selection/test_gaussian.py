@@ -364,7 +364,7 @@ def test_filters_out_of_range_and_incorrect():
         "ppl_above_range": 1,
         "not_correct": 1,
         "unverified": 1,
-        "missing_ppl": 1,
+        "ppl_nan": 1,
         "source_excluded": 1,
     }
     assert sel.report["shortfall"] == 157 and sel.report["n_selected"] == 3

@@ -255,16 +255,6 @@ def _resume_and_compare(runs: dict[str, Path], ckpt_name: str, tag: str, first_s
     _assert_same_weights(_weights(runs["full"] / "result-full"), _weights(out / f"result-{tag}"))
 
 
-def _datamodule_saves_position() -> bool:
-    """Lightning resumes a mid-epoch position only if the data side saves it: the DataLoader
-    (`state_dict`/`load_state_dict`, restored only if the loader is built after the checkpoint is
-    read, which `estimated_stepping_batches` in `configure_optimizers` prevents) or the
-    LightningDataModule's `state_dict`/`load_state_dict` hooks (restored before setup)."""
-    from reasonft.training.datamodule import RecordsDataModule
-
-    return RecordsDataModule.state_dict is not pl.LightningDataModule.state_dict
-
-
 def test_inputs_killed_run_left_checkpoints(runs: dict[str, Path]) -> None:
     ckpts = sorted(p.name for p in (runs["killed"] / "checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in ckpts
@@ -281,16 +271,11 @@ def test_resume_from_epoch_end_checkpoint_matches_uninterrupted_run(runs: dict[s
     _resume_and_compare(runs, "epoch=0-step=8.ckpt", "from8", first_step=8)
 
 
-@pytest.mark.xfail(
-    not _datamodule_saves_position(),
-    strict=True,
-    reason="mid-epoch resume needs RecordsDataModule.state_dict/load_state_dict to save and "
-    "restore the micro-batch position (see the scale report); Lightning otherwise restarts the "
-    "epoch's batch order",
-)
 def test_resume_last_after_sigkill_mid_epoch_matches_uninterrupted_run(
     runs: dict[str, Path],
 ) -> None:
+    """`last` is step 12, mid-epoch: the data module saves its micro-batch position with the
+    checkpoint (state_dict / load_state_dict), so the resumed run goes on with the same batches."""
     _resume_and_compare(runs, "last", "fromlast", first_step=12)
 
 

@@ -162,6 +162,5 @@ def test_is_correct_official_time_limit_cuts_a_slow_comparison(monkeypatch):
         return True
 
     monkeypatch.setattr(official, "official_equal", slow)
-    started = time.monotonic()
+    # `slow` says True once it returns: False is the time limit's verdict.
     assert reasonft.is_correct("<think>x</think> \\boxed{4}", "4", timeout=0.2, grader="official") is False
-    assert time.monotonic() - started < 2

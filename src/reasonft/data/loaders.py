@@ -198,6 +198,25 @@ class _PromptIdCheck:
             )
 
 
+def unencodable(value: Any) -> str | None:
+    """Why a text value cannot be stored in the columnar store (Arrow strings are UTF-8), or
+    None. JSON can carry a lone surrogate (an escaped "\\ud800") that Python reads into a string
+    and no UTF-8 encoder accepts."""
+    texts = value if isinstance(value, list) else [value]
+    for text in texts:
+        if not isinstance(text, str):
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            code = ord(text[error.start])
+            return (
+                f"text cannot be stored as UTF-8: lone surrogate U+{code:04X} at character "
+                f"{error.start}"
+            )
+    return None
+
+
 def _short(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
@@ -364,6 +383,9 @@ class _RowConverter:
                 raise RecordError(
                     self.path, where, str(error), self._name(column), BAD_VALUE, column
                 ) from None
+            problem = unencodable(row[column])
+            if problem:
+                raise RecordError(self.path, where, problem, self._name(column), BAD_VALUE, column)
         for column, value in self.defaults.items():
             row.setdefault(column, value)
         row.setdefault("prompt_id", f"{self.path.stem}-{index}")

@@ -143,6 +143,13 @@ class PromptFormat:
                 "the tokenizer has no eos_token to end training responses with; set "
                 "data.chat_template=true with a chat template, or give the tokenizer an eos_token"
             )
+        if self.uses_template(tokenizer) and tokenizer.eos_token in _assistant_header(tokenizer):
+            raise ValueError(
+                f"data.response_end=eos: this tokenizer's EOS {tokenizer.eos_token!r} opens a "
+                "chat turn in its template, so it cannot end a response; set "
+                "data.response_end=template (the template's end of turn: "
+                f"{_template_turn_end(tokenizer)!r})"
+            )
         return tokenizer.eos_token
 
     def terminator_ids(self, tokenizer: Any) -> list[int]:
@@ -203,6 +210,13 @@ def _system_block(tokenizer: Any) -> str:
             )
         _TEMPLATE_CACHE[key] = block
     return _TEMPLATE_CACHE[key]
+
+
+def _assistant_header(tokenizer: Any) -> str:
+    """What the generation prompt adds after the last user turn (`<|im_start|>assistant\\n`)."""
+    user = [{"role": "user", "content": _USER_PLACEHOLDER}]
+    with_header = _render(tokenizer, user, generation_prompt=True)
+    return with_header[len(_render(tokenizer, user, generation_prompt=False)) :]
 
 
 def _template_turn_end(tokenizer: Any) -> str:

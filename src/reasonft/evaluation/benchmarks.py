@@ -9,6 +9,7 @@ for a data-source split the source's own report of that split, where it keeps on
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,8 +19,11 @@ from typing import Any
 import datasets
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from reasonft.data.fields import normalize_prompt_text
 from reasonft.data.loaders import TooManyBadRecords, check_max_bad_records, load_records
 from reasonft.data.records import ANSWER_ALTERNATIVES, as_dataset
+
+log = logging.getLogger(__name__)
 
 DEFAULT_FIELDS = {"prompt": "problem", "answer": "answer"}
 # What a benchmark's problems keep: other accepted answer forms too, for the verifier.
@@ -141,6 +145,9 @@ def load_problems(
         if source_report is not None:
             load_report["source"] = source_report
             load_report["skipped"] = source_report.get("skipped", 0)
+        ds, load_report["repeated"] = drop_repeated_problems(
+            ds, lambda row: f"split {bench.split} row {row}", bench.name
+        )
     ds = ds.select_columns([c for c in PROBLEM_COLUMNS if c in ds.column_names])
     if bench.limit is not None and bench.limit < len(ds):
         ds = ds.select(range(bench.limit))
@@ -158,7 +165,38 @@ def _load_file(bench: Benchmark, benchmarks_dir: Path | None) -> tuple[datasets.
     except TooManyBadRecords as err:
         key = f"eval.benchmarks.{bench.name}.max_bad_records"
         raise TooManyBadRecords(str(err).replace("data.max_bad_records", key)) from None
-    return ds, report.to_dict()
+    ds, repeated = drop_repeated_problems(ds, report.location, bench.name)
+    return ds, {**report.to_dict(), "repeated": repeated}
+
+
+def drop_repeated_problems(
+    ds: datasets.Dataset, where: Any, name: str
+) -> tuple[datasets.Dataset, dict[str, Any]]:
+    """Keep each problem once: a later record with the same prompt text (compared as the data
+    joins compare it) and the same answer is left out and counted, whatever its id, so that a
+    file that repeats a problem does not weigh it twice in pass@k; the same text with another
+    answer stops the evaluation, naming both records. `where(row)` names a row's position."""
+    first: dict[str, int] = {}
+    keep: list[int] = []
+    examples: list[str] = []
+    prompts, answers = ds["prompt"], ds["answer"]
+    for row, prompt in enumerate(prompts):
+        seen = first.setdefault(normalize_prompt_text(prompt), row)
+        if seen == row:
+            keep.append(row)
+            continue
+        if answers[row] != answers[seen]:
+            raise ValueError(
+                f"eval.benchmarks.{name}: {where(row)} repeats the problem of {where(seen)} with "
+                f"another answer ({answers[row]!r} vs {answers[seen]!r}); fix the file"
+            )
+        if len(examples) < 5:
+            examples.append(f"{where(row)} = {where(seen)}")
+    repeated = {"count": len(prompts) - len(keep), "examples": examples}
+    if repeated["count"]:
+        log.warning("eval %s: %d repeated problem(s) counted once: %s", name, repeated["count"], examples)
+        ds = ds.select(keep)
+    return ds, repeated
 
 
 def _source_split_report(data_source: Any, split: str) -> dict[str, Any] | None:

@@ -227,6 +227,12 @@ class Evaluator:
                     verified, second, _grader_name(self.verifier), _grader_name(self.second_verifier)
                 ))
                 verified = verified.add_column("second_grader_correct", list(second["correct"]))
+            if load_report.get("repeated", {}).get("count"):
+                repeated = load_report["repeated"]
+                notes.append(
+                    f"{bench.name}: {repeated['count']} repeated problem(s) evaluated once "
+                    f"({', '.join(repeated['examples'])})"
+                )
             if metrics["skipped_ks"]:
                 notes.append(f"{bench.name}: pass@k skipped for k={metrics['skipped_ks']} > n_samples={bench.n_samples}")
             entropy = policy_entropy(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -74,3 +75,27 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | Path) -> None
     cfg = json.loads(cfg_file.read_text())
     cfg["tokenizer_class"] = "Qwen2Tokenizer"
     cfg_file.write_text(json.dumps(cfg, indent=2))
+
+
+def check_tokenizer_reload(tokenizer: Any, folder: str | Path, texts: Iterable[str]) -> None:
+    """The tokenizer saved in `folder`, loaded as the later stages load it, encodes every text
+    to the same ids as `tokenizer` (else raise: a fine-tuned student whose tokenizer changed
+    would be fed ids it was never trained on)."""
+    from reasonft.models.loading import load_tokenizer
+
+    reloaded = load_tokenizer(str(folder))
+    texts = list(texts)
+    before = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    after = reloaded(texts, add_special_tokens=False)["input_ids"] if texts else []
+    for text, a, b in zip(texts, before, after):
+        if a != b:
+            raise ValueError(
+                f"the tokenizer saved in {folder} ({type(reloaded).__name__}) encodes a training "
+                f"text differently from the one trained with ({type(tokenizer).__name__}): "
+                f"{len(a)} vs {len(b)} ids for {text[:60]!r}"
+            )
+    if reloaded.eos_token != tokenizer.eos_token:
+        raise ValueError(
+            f"the tokenizer saved in {folder} names EOS {reloaded.eos_token!r}, the one trained "
+            f"with {tokenizer.eos_token!r}"
+        )

@@ -20,6 +20,7 @@ from typing import Any
 import datasets
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from reasonft.data.prompt_examples import write_prompt_examples
 from reasonft.data.prompts import PromptFormat
 from reasonft.data.records import ANSWER_ALTERNATIVES
 from reasonft.generation.hf import HFGenerator
@@ -33,6 +34,7 @@ from reasonft.pipeline.startup import Components, start
 from reasonft.selection.base import EmptySelection
 from reasonft.selection.teacher_rank import TeacherRanking
 from reasonft.sweep import is_rank_zero_process
+from reasonft.training.precision import training_dtype
 from reasonft.wandb_artifacts import (
     log_eval_table,
     log_model,
@@ -44,6 +46,7 @@ from reasonft.wandb_artifacts import (
 log = logging.getLogger(__name__)
 
 RECORDS = "records.parquet"
+PROMPTS = "prompts.md"
 UPSTREAM_ATTR = {
     "base": "base_artifact",
     "generate": "self_samples",
@@ -222,13 +225,14 @@ class Pipeline:
             return str(self.base_artifact.meta()["summary"]["path"])
         return str(self.config["model"]["path"])
 
-    def load_model(self, path: str) -> tuple[Any, Any]:
+    def load_model(self, path: str, dtype: str | None = None) -> tuple[Any, Any]:
+        """The student at `path` as configured (`model.dtype` unless `dtype` is given)."""
         from reasonft.models.loading import load_student, load_tokenizer
 
         m = self.config["model"]
         model = load_student(
             path,
-            dtype=m["dtype"],
+            dtype=dtype or m["dtype"],
             attn_implementation=m["attn_implementation"],
             config_overrides=m.get("config_overrides") or None,
         )
@@ -254,6 +258,9 @@ class Pipeline:
         def produce(tmp: Path) -> dict[str, Any]:
             model, tok = self.base_model
             problems = self.parts.source.problems("train")
+            write_prompt_examples(
+                tmp / PROMPTS, "generate", problems["prompt"][:3], self.prompt_format, tok
+            )
             if ranks is None:
                 samples = generator.generate(problems, model, tok, prompt_format=self.prompt_format)
             else:
@@ -305,6 +312,11 @@ class Pipeline:
             model, tok = self.base_model
             pool = read_records(self.verified.path / RECORDS)
             scorer = self.parts.scorer
+            if scorer.condition_on_prompt:
+                head = pool.select(range(min(3, len(pool))))
+                write_prompt_examples(
+                    tmp / PROMPTS, "score", head["prompt"], self.prompt_format, tok, head["response"]
+                )
             if ranks is None:
                 scored, report = scorer(pool, model, tok)
                 report["processes"] = 1
@@ -366,8 +378,14 @@ class Pipeline:
                 c.callbacks.checkpoint.dirpath = str(ckpt_dir)
 
         def produce(tmp: Path) -> dict[str, Any]:
-            model, tok = self.load_model(self.base_path)
+            # fp32 master weights whatever model.dtype is (training/precision.py).
+            dtype = training_dtype(c.trainer.get("precision"), self.config["model"]["dtype"])
+            model, tok = self.load_model(self.base_path, dtype=dtype)
             records = read_records(self.selected.path / RECORDS)
+            head = records.select(range(min(3, len(records))))
+            write_prompt_examples(
+                tmp / PROMPTS, "train", head["prompt"], self.prompt_format, tok, head["response"]
+            )
             path = train_student(c, records, model, tok, tmp)
             log_model(self.wandb_run, path)
             return {"model": str(Path(path).relative_to(tmp))}
@@ -386,6 +404,12 @@ class Pipeline:
         def produce(tmp: Path) -> dict[str, Any]:
             model, tok = self.load_model(model_path)
             model.eval()
+            evaluator = self.parts.evaluator
+            first = evaluator.benchmarks[0]
+            problems = evaluator.problems(first, self.parts.source)[0]["prompt"][:3]
+            write_prompt_examples(
+                tmp / PROMPTS, f"evaluate {tag} ({first.name})", problems, self.prompt_format, tok
+            )
             return self.parts.evaluator.evaluate(
                 model, tok, tmp, data_source=self.parts.source, tag=tag,
                 prompt_format=self.prompt_format,

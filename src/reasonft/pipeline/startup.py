@@ -6,6 +6,7 @@ stops here, in seconds, with the config key's name — not after generation and 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,17 @@ from omegaconf import DictConfig
 
 from reasonft.data.prompts import PromptFormat
 from reasonft.data.records import SCORE_COLUMNS
+from reasonft.models.gguf import is_gguf
+from reasonft.pipeline.bounds import check_bounds
+from reasonft.pipeline.cache_dir import check_cache_dir
 from reasonft.pipeline.plan import Plan, make_plan
 from reasonft.selection.teacher_rank import TeacherRanker
 from reasonft.sweep import check_launch
 from reasonft.training.strategies import check_strategy
 from reasonft.training.train import check_train_config
+
+log = logging.getLogger(__name__)
+GGUF_STUDENT = "reasonft.models.gguf.GGUFStudent"
 
 
 @dataclass
@@ -63,6 +70,46 @@ def check_model_path(path: Any) -> None:
         raise FileNotFoundError(f"model.path={text}: no such file or folder")
 
 
+# data options whose prompt format is the toy student's (no instruction, responses ending with EOS).
+TOY_PROMPT_DATA = ("toy", "toy_lalp")
+
+
+def check_settings_fit_model(cfg: DictConfig, stages: set[str]) -> None:
+    """A pretrained model never meets toy-world settings silently: they stop the run (naming
+    them and what to use instead) unless `allow_toy_settings=true`, which says them as a warning.
+    The sizes, learning rate and windows matter where the run selects or trains; the prompt
+    format wherever the model is run."""
+    model = cfg.get("model") or {}
+    if not model.get("pretrained", False):
+        return
+    found = []
+    trains = bool(stages & {"generate", "score", "select", "train"})
+    settings_for = cfg.get("settings_for", "toy")
+    if trains and getattr(settings_for, "value", settings_for) == "toy":
+        found.append(
+            "settings_for=toy: the toy presets' sizes, learning rate (train.optimizer.lr="
+            f"{cfg.train.optimizer.get('lr')}) and selection windows are placed for the toy student"
+        )
+    data_name = (cfg.get("data") or {}).get("name")
+    if data_name in TOY_PROMPT_DATA:
+        found.append(
+            f"data={data_name}: the toy student's prompt format (no instruction suffix, "
+            "responses ending with EOS); data=toy_real prompts the toy problems for a real model"
+        )
+    if not found:
+        return
+    what = f"model={model.get('name')} is a pretrained checkpoint (model.pretrained=true)"
+    if cfg.get("allow_toy_settings", False):
+        for item in found:
+            log.warning("allow_toy_settings=true: %s runs with %s", what, item)
+        return
+    raise ValueError(
+        f"settings_for / data: {what}, but the run has toy-world settings: " + "; ".join(found)
+        + ". Use a preset placed for real checkpoints (experiment=smollm2_oxa_full, "
+        "experiment=oxa_full_1.5b, ...) or say allow_toy_settings=true"
+    )
+
+
 def check_importable(cfg: DictConfig, group: str) -> None:
     """Each `_target_` of a mapping group (logger, callbacks) imports, without building it (a
     logger creates files and runs when built)."""
@@ -77,13 +124,16 @@ def check_importable(cfg: DictConfig, group: str) -> None:
 def start(cfg: DictConfig) -> Components:
     """Build the components `cfg.stages` needs and resolve the stage plan; raise on any error."""
     requested = [str(s) for s in cfg.stages]
+    check_bounds(cfg)
+    check_cache_dir(cfg.get("paths"))
     source = build("data.source", cfg.data.source)
     selector = None
     if {"select", "train"} & set(requested):  # the only outputs that read a selection
         selector = build("select", cfg.select)
+    gguf_file = cfg.model.get("build") is None and is_gguf(cfg.model.get("path"))
     plan = make_plan(
         requested,
-        has_build=cfg.model.get("build") is not None,
+        has_build=cfg.model.get("build") is not None or gguf_file,
         self_samples=selector is not None and selector.reads_self_samples,
         score_columns=required_scores(selector) if selector is not None else (),
         is_ranking=isinstance(selector, TeacherRanker),
@@ -92,7 +142,11 @@ def start(cfg: DictConfig) -> Components:
         plan=plan, source=source, prompt_format=PromptFormat.from_config(cfg.data), selector=selector
     )
     stages = set(plan.stages)
-    if "base" in stages:
+    if stages & {"generate", "score", "train", "evaluate"}:  # the stages that load the model
+        check_settings_fit_model(cfg, stages)
+    if gguf_file:  # converted once by the base stage, then a local checkpoint like any other
+        parts.builder = build("model.path", {"_target_": GGUF_STUDENT, "file": cfg.model.path})
+    elif "base" in stages:
         parts.builder = build("model.build", cfg.model.build)
     elif stages & {"generate", "score", "train", "evaluate"}:
         check_model_path(cfg.model.path)

@@ -63,6 +63,9 @@ from reasonft.scoring.token_steps import ScoringExample, ensure_scored_token, to
 log = logging.getLogger(__name__)
 
 METHODS = ("ppl", "galp", "lalp", "all")
+# float64: PPL = exp(-GALP), means in float64; official_bf16: the official PPL script's
+# rounding of the per-token loss, its sum and its mean to bfloat16 (scores.ppl_official_bf16).
+PPL_NUMERICS = ("float64", "official_bf16")
 OVERLENGTH = ("truncate", "drop", "error")
 CONDITIONING_COLUMN = "score_conditioning"
 GLOBAL_COLUMNS = ("ppl", "galp")  # the full-prefix pass
@@ -164,6 +167,8 @@ class Scorer:
             `max_position_embeddings`.
         overlength: "truncate" | "drop" | "error" for a longer record (see the module doc).
         progress: show a rich progress bar with tokens/s.
+        ppl_numerics: "float64" (PPL = exp(-GALP)) or "official_bf16" (the official script's
+            bfloat16 loss, sum and mean: PPLs as it writes them, for record-identical selection).
     """
 
     def __init__(
@@ -179,7 +184,11 @@ class Scorer:
         max_length: int | None = None,
         overlength: str = "truncate",
         progress: bool = True,
+        ppl_numerics: str = "float64",
     ) -> None:
+        if ppl_numerics not in PPL_NUMERICS:
+            raise ValueError(f"score.ppl_numerics={ppl_numerics!r}: choose one of {PPL_NUMERICS}")
+        self.ppl_numerics = ppl_numerics
         if method not in METHODS:
             raise ValueError(f"score.method={method!r}: choose one of {METHODS}")
         if overlength not in OVERLENGTH:
@@ -456,7 +465,11 @@ class Scorer:
         }
         if global_lp is not None:
             result["galp"] = scores.galp(global_lp)
-            result["ppl"] = scores.ppl_from_galp(result["galp"])
+            result["ppl"] = (
+                scores.ppl_official_bf16(global_lp)
+                if self.ppl_numerics == "official_bf16"
+                else scores.ppl_from_galp(result["galp"])
+            )
         if local_lp is not None:
             result["step_logps"] = scores.step_means(local_lp, ex.token_step, ex.n_steps)
             result["lalp"] = scores.lalp(result["step_logps"])
@@ -495,6 +508,7 @@ class Scorer:
                 bar.update(task, advance=len(batch), tokens=tokens)
         self.report = {
             "method": self.method,
+            "ppl_numerics": self.ppl_numerics,
             "max_length": limit,
             "overlength": self.overlength,
             **summarize(results),

@@ -23,6 +23,21 @@ def ppl_from_galp(galp_value: float | None) -> float | None:
     return None if galp_value is None else math.exp(-galp_value)
 
 
+def ppl_official_bf16(token_logps: np.ndarray) -> float | None:
+    """PPL with the official PPL script's numerics: the per-token loss, its sum and its mean each
+    rounded to bfloat16 (the sum accumulated in float32 first, as torch sums bfloat16), then
+    exp in double. None when no token is scored (the script writes NaN there)."""
+    import torch
+
+    lp = np.asarray(token_logps, dtype=np.float64)
+    scored = lp[~np.isnan(lp)]
+    if not scored.size:
+        return None
+    loss = torch.from_numpy(-scored).float().to(torch.bfloat16)
+    mean = loss.sum() / torch.tensor(scored.size)
+    return math.exp(float(mean.item()))
+
+
 def step_means(token_logps: np.ndarray, token_step: np.ndarray, n_steps: int) -> list[float]:
     """Mean log-prob of the scored tokens of each step ((1/|s_i|) sum_{t in s_i} log p)."""
     lp = np.asarray(token_logps, dtype=np.float64)

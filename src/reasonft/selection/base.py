@@ -23,6 +23,7 @@ import datasets
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from datasets.fingerprint import generate_random_fingerprint
 from datasets.table import InMemoryTable
 
@@ -192,7 +193,8 @@ class Selector(ABC):
         )
         frame = self.frame(ds, [*score_columns, *(["correct"] if correctness else [])])
         skipped: dict[str, int] = {}
-        return frame, self.candidates(frame, skipped, correctness, score_columns), skipped
+        keep = self.candidates(frame, skipped, correctness, score_columns, nan_rows(ds, score_columns))
+        return frame, keep, skipped
 
     def candidates(
         self,
@@ -200,6 +202,7 @@ class Selector(ABC):
         skipped: dict[str, int],
         correctness: str | None,
         score_columns: Sequence[str] = (),
+        nan: dict[str, np.ndarray] | None = None,
     ) -> np.ndarray:
         """`filter_pool` with this selector's source filters."""
         return filter_pool(
@@ -209,6 +212,7 @@ class Selector(ABC):
             exclude_sources=self.exclude_sources,
             correctness=correctness,
             score_columns=score_columns,
+            nan=nan,
         )
 
     def finish(
@@ -287,8 +291,13 @@ def filter_pool(
     exclude_sources: Sequence[str] | None = None,
     correctness: str | None = None,
     score_columns: Sequence[str] = (),
+    nan: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Boolean mask of rows that pass the source filters, the correctness filter and have scores.
+
+    A score that is NaN (`nan[column]`, e.g. the official PPL script's value for a response of at
+    most one token, which it keeps because `NaN < 1.2` is false) is no score: counted as
+    `<column>_nan`, apart from null scores (`missing_<column>`), and never selected.
 
     `correctness` is "correct", "incorrect" or None (no filter). Records whose `correct` is null
     (verification failed or timed out) are neither; they are counted as `unverified`. Every
@@ -317,9 +326,21 @@ def filter_pool(
         drop(~(is_true | is_false), "unverified")
         drop(is_false if correctness == "correct" else is_true, f"not_{correctness}")
     for col in score_columns:
+        if nan is not None and col in nan:
+            drop(nan[col], f"{col}_nan")
         values = pd.to_numeric(frame[col], errors="coerce").to_numpy(float)
         drop(~np.isfinite(values), f"missing_{col}")
     return keep
+
+
+def nan_rows(ds: datasets.Dataset, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per float column, the rows holding NaN (not null: pandas would merge the two)."""
+    out = {}
+    for col in columns:
+        values = ds.with_format("arrow")[col]
+        if pa.types.is_floating(values.type):
+            out[col] = pc.fill_null(pc.is_nan(values), False).to_numpy(zero_copy_only=False)
+    return out
 
 
 def shortfall_report(n_asked: int, n_selected: int) -> dict[str, int]:

@@ -20,14 +20,21 @@ Decided as the official selection script (takagi97/OXA-Fine-tuning, make_OXA_MLE
 Where this departs from the official script: its round r walks every candidate again without
 remembering which were taken, so with m > 1 round 2 takes the round-1 responses a second time
 (duplicates in the output) instead of a prompt's second response; here a response is taken at
-most once. Its tie-break draw is a `random.Random(seed).random()` key per candidate; here it is a
-numpy permutation, the same distribution (uniform over the orders of equal lengths), not the same
-draws.
+most once (kept: the official duplicates are a bug, not a choice). The order of equal lengths
+(or, without `prefer_long`, of a bin) is `tie_break`:
+
+- `permutation` (default): one numpy permutation of the pool, seeded — uniform over the orders
+  of equal lengths, and a bin's order does not depend on the other bins.
+- `official`: the official draws, record for record: one `random.Random(seed)` walks the bins in
+  ascending order, skipping bins whose quota is 0; in each it draws one `random()` per candidate
+  in record order, and orders by (length, draw) descending (`prefer_long`), or shuffles the bin
+  with it. A bin's order then depends on how many candidates the bins below it had.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +47,8 @@ from reasonft.selection.base import Selection, Selector, check_positive
 # Fractional parts are compared after rounding to this many decimals, so that bins whose quotas are
 # mathematically tied (e.g. bins mirrored around mu) tie exactly, whatever the float noise.
 FRACTION_DECIMALS = 9
+
+TIE_BREAKS = ("permutation", "official")
 
 # Added to (ppl - ppl_min) / bin_width before flooring, as the official script does, so that a PPL
 # on a bin edge is not pushed into the bin below by float rounding of the division.
@@ -155,8 +164,12 @@ class PPLGaussianSelector(Selector):
         sources: Sequence[str] | None = None,
         exclude_sources: Sequence[str] | None = None,
         seed: int = 42,
+        tie_break: str = "permutation",
     ) -> None:
         super().__init__(only_correct, sources, exclude_sources, seed)
+        if tie_break not in TIE_BREAKS:
+            raise ValueError(f"select[{self.name}]: tie_break={tie_break!r}; choose one of {TIE_BREAKS}")
+        self.tie_break = tie_break
         check_positive("n", n, self.name)
         check_positive("max_per_prompt", max_per_prompt, self.name, allow_none=True)
         self.n = int(n)
@@ -209,6 +222,8 @@ class PPLGaussianSelector(Selector):
         self, frame: pd.DataFrame, pool: np.ndarray, bins: np.ndarray
     ) -> list[np.ndarray]:
         """Each bin's candidate rows (`pool` with their `bins`) in picking order, seeded."""
+        if self.tie_break == "official":
+            return self.official_order(frame, pool, bins)
         position = np.random.default_rng(self.seed).permutation(len(pool))
         if self.prefer_long:
             n_tokens = frame["n_tokens"].to_numpy(float)[pool]
@@ -216,6 +231,27 @@ class PPLGaussianSelector(Selector):
         position = position[np.argsort(bins[position], kind="stable")]
         starts = np.searchsorted(bins[position], np.arange(len(self.quotas) + 1))
         return [pool[position[starts[b] : starts[b + 1]]] for b in range(len(self.quotas))]
+
+    def official_order(
+        self, frame: pd.DataFrame, pool: np.ndarray, bins: np.ndarray
+    ) -> list[np.ndarray]:
+        """The official script's order (module docstring): one `random.Random(seed)` over the
+        bins in ascending order, those with a zero quota skipped without drawing."""
+        draw = random.Random(self.seed)
+        lengths = frame["n_tokens"].to_numpy(float) if self.prefer_long else None
+        ordered = []
+        for b in range(len(self.quotas)):
+            rows = pool[bins == b].tolist()  # record order
+            if self.quotas[b] <= 0:
+                ordered.append(np.asarray(rows, dtype=np.int64))
+                continue
+            if self.prefer_long:
+                keys = {row: (int(lengths[row]), draw.random()) for row in rows}
+                rows.sort(key=keys.__getitem__, reverse=True)
+            else:
+                draw.shuffle(rows)
+            ordered.append(np.asarray(rows, dtype=np.int64))
+        return ordered
 
     def bin_report(
         self, available: np.ndarray, taken: np.ndarray, rounds: np.ndarray
@@ -244,6 +280,7 @@ class PPLGaussianSelector(Selector):
             "max_per_prompt": self.max_per_prompt,
             "prefer_long": self.prefer_long,
             "seed": self.seed,
+            "tie_break": self.tie_break,
             "bin_edges": [float(e) for e in self.edges],
             "bins": bins,
             "shortfall": int(short.sum()),

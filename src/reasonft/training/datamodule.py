@@ -188,6 +188,18 @@ class RecordsDataModule(pl.LightningDataModule):
         self.report["n_tokens"] = int(sum(len(ids) for ids in train_set["input_ids"]))
         return train_set
 
+    def sample_texts(self, limit: int = 1000) -> list[str]:
+        """Up to `limit` training texts (prompt + response + terminator, evenly spaced over the
+        records), as the tokenizer saw them: what a saved tokenizer must encode alike."""
+        n = len(self.records)
+        picks = sorted({i * n // limit for i in range(min(n, limit))})
+        end = self.prompt_format.response_terminator(self.tokenizer)
+        rows = self.records.select(picks)
+        return [
+            self.prompt_format.prompt_text(prompt, self.tokenizer) + response + end
+            for prompt, response in zip(rows["prompt"], rows["response"])
+        ]
+
     def _world(self) -> tuple[int, int]:
         if self.trainer is not None:
             return self.trainer.world_size, self.trainer.global_rank

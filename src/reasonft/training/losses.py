@@ -173,7 +173,8 @@ class LossComposition:
             if step_totals is None:
                 value = term_sum / count.clamp(min=1)
             else:
-                value = term_sum / max(step_totals.units(term.loss_type, term.reduction), 1)
+                units = max(step_totals.units(term.loss_type, term.reduction), 1)
+                value = term_sum / units * step_totals.step_fraction
             total = total + term.weight * value
             values[name] = TermValue(value, term_sum.detach(), count.detach(), term.weight)
         return LossOutput(total, values)

@@ -11,12 +11,21 @@ UL then follows the lengths — the step's totals and its objective do not chang
 Micro-batch `a * world_size + rank` of a step is rank `rank`'s `a`-th accumulation step.
 
 Epoch end (`epoch_end`):
-- `shortest` (the official rule): a fresh permutation of each pool per epoch, cut into steps
-  until either pool cannot fill another step (drop_last); the records left over wait for a
-  later epoch's shuffle.
+- `shortest`: a fresh permutation of each pool per epoch, cut into steps until either pool
+  cannot fill another step (drop_last); the records left over wait for a later epoch's shuffle.
+  The official rule counted in whole steps (`official` below is the official sampler exactly).
 - `ce`: the CE pool sets the epoch, `ceil(n_ce / C)` steps, each CE record once (the last step
   is topped up from a fresh permutation); the UL side is a stream of permutations, restarted with
   a new shuffle when it runs out.
+- `official`: the official sampler's epoch, which counts micro-steps (all ranks' micro-batches
+  at one accumulation step: C / A CE and U / A UL sequences, A the accumulation): each pool's
+  permutation is cut into micro-steps until either pool cannot fill another (so `n mod (C / A)`
+  CE records are left out, not `n mod C`), and the micro-steps are grouped into optimiser steps
+  of A; the last step of the epoch takes the micro-steps left over (fewer than A). Its terms are
+  still divided by the full step's counts, as the official loss divides every micro-batch by
+  the full accumulation: a partial step of k micro-steps weighs k / A of a full one
+  (`StepTotals.step_fraction`). At 50,000 + 50,000 records and 128 + 128 per step that is 391
+  steps and 50,000 records per epoch, against 390 and 49,920 under `shortest`.
 `report` states, per pool and epoch, how many records were used, repeated and left out.
 
 The order is a pure function of `(seed, epoch)`: `set_epoch(e)` (which Lightning calls at the
@@ -35,7 +44,7 @@ from torch.utils.data import Sampler
 from reasonft.training.step_totals import StepTotals
 
 _CE_STREAM, _UL_STREAM, _LAYOUT_STREAM = 0, 1, 2
-EPOCH_END_RULES = ("shortest", "ce")
+EPOCH_END_RULES = ("shortest", "ce", "official")
 
 
 def accumulation_steps(sequences_per_step: int, micro_batch_size: int, world_size: int) -> int:
@@ -135,7 +144,16 @@ class MixedBatchSampler(Sampler[list[int]]):
             else np.asarray(scored_tokens, dtype=np.int64)
         )
         self._check_pools(len(self.ce_indices), len(self.ul_indices))
-        self.steps_per_epoch = self._steps_per_epoch()
+        if epoch_end == "official":
+            for name, value in (("ce_per_step", ce_per_step), ("ul_per_step", ul_per_step)):
+                if value % self.accumulate_grad_batches:
+                    raise ValueError(
+                        f"train.epoch_end=official counts micro-steps of C / A CE and U / A UL "
+                        f"sequences, but train.{name}={value} is not a multiple of the "
+                        f"accumulation A = {self.accumulate_grad_batches}"
+                    )
+        self.micro_steps_per_epoch = self._micro_steps_per_epoch()
+        self.steps_per_epoch = -(-self.micro_steps_per_epoch // self.accumulate_grad_batches)
         self.ul_per_micro_batch = spread_counts(
             ul_per_step, self.accumulate_grad_batches, num_replicas
         )
@@ -155,6 +173,34 @@ class MixedBatchSampler(Sampler[list[int]]):
                     f"on, which would never be seen; give them a share of every step ({key}) or "
                     "pick a loss without that term (e.g. loss=sft drops UL records)"
                 )
+
+    def _micro_steps_per_epoch(self) -> int:
+        """Micro-steps (one micro-batch on every rank) per epoch."""
+        accumulation = self.accumulate_grad_batches
+        if self.epoch_end != "official":
+            return self._steps_per_epoch() * accumulation
+        pools = [
+            (kind, len(indices), per_step // accumulation)
+            for kind, indices, per_step in (
+                ("ce", self.ce_indices, self.ce_per_step),
+                ("ul", self.ul_indices, self.ul_per_step),
+            )
+            if per_step > 0
+        ]
+        micro_steps = min(n // share for _, n, share in pools)
+        if micro_steps == 0:
+            kind, n, share = min(pools, key=lambda pool: pool[1] // pool[2])
+            raise ValueError(
+                f"train.{kind}_per_step: only {n} {kind.upper()} records, not one micro-step of "
+                f"{share} under train.epoch_end=official; lower train.{kind}_per_step"
+            )
+        return micro_steps
+
+    def micro_steps_in(self, step: int) -> int:
+        """Micro-steps of optimiser step `step` of an epoch (fewer than A only in the last step
+        of an `official` epoch)."""
+        done = step * self.accumulate_grad_batches
+        return min(self.accumulate_grad_batches, self.micro_steps_per_epoch - done)
 
     def _steps_per_epoch(self) -> int:
         pools = [
@@ -192,7 +238,7 @@ class MixedBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         """Micro-batches this rank yields per epoch."""
-        return self.steps_per_epoch * self.accumulate_grad_batches
+        return self.micro_steps_per_epoch
 
     def _draws(self, indices: np.ndarray, demand: int, stream: int, epoch: int) -> np.ndarray:
         """`demand` indices: successive fresh permutations of `indices`, cut to length."""
@@ -202,30 +248,48 @@ class MixedBatchSampler(Sampler[list[int]]):
         passes = math.ceil(demand / len(indices))
         return np.concatenate([rng.permutation(indices) for _ in range(passes)])[:demand]
 
-    def global_batches(self, epoch: int | None = None) -> np.ndarray:
+    def global_batches(self, epoch: int | None = None) -> np.ndarray | list[np.ndarray]:
         """All ranks' record indices for each optimiser step, laid out as `[steps, C + U]`:
-        position `j * micro_batch_size + i` is item i of micro-batch j."""
+        position `j * micro_batch_size + i` is item i of micro-batch j. (A list of rows when the
+        last step of an `official` epoch is partial: that row is shorter.)"""
         epoch = self.epoch if epoch is None else epoch
-        steps, micro = self.steps_per_epoch, self.micro_batch_size
-        ce = self._draws(self.ce_indices, steps * self.ce_per_step, _CE_STREAM, epoch)
-        ul = self._draws(self.ul_indices, steps * self.ul_per_step, _UL_STREAM, epoch)
-        ce, ul = ce.reshape(steps, self.ce_per_step), ul.reshape(steps, self.ul_per_step)
+        steps, micro, accumulation = self.steps_per_epoch, self.micro_batch_size, self.accumulate_grad_batches
+        ce_share, ul_share = self.ce_per_step // accumulation, self.ul_per_step // accumulation
+        micro_steps = self.micro_steps_per_epoch
+        if self.epoch_end == "official":
+            ce_demand, ul_demand = micro_steps * ce_share, micro_steps * ul_share
+        else:
+            ce_demand, ul_demand = steps * self.ce_per_step, steps * self.ul_per_step
+        ce = self._draws(self.ce_indices, ce_demand, _CE_STREAM, epoch)
+        ul = self._draws(self.ul_indices, ul_demand, _UL_STREAM, epoch)
         rng = np.random.default_rng([self.seed, epoch, _LAYOUT_STREAM])
         slot = np.arange(micro)
-        batches = np.empty((steps, self.sequences_per_step), dtype=np.int64)
+        batches = []
+        ce_at = ul_at = 0
         for step in range(steps):
+            k = self.micro_steps_in(step)
+            spread = (
+                self.ul_per_micro_batch
+                if k == accumulation
+                else spread_counts(k * ul_share, k, self.num_replicas)
+            )
             # Permuting micro-steps and ranks keeps every row and column sum of the spread.
-            counts = self.ul_per_micro_batch[rng.permutation(self.accumulate_grad_batches)]
-            counts = counts[:, rng.permutation(self.num_replicas)]
+            counts = spread[rng.permutation(k)][:, rng.permutation(self.num_replicas)]
             is_ul = (slot[None, :] < counts.reshape(-1, 1)).reshape(-1)
-            batch = batches[step]
-            batch[is_ul], batch[~is_ul] = ul[step], ce[step]
+            batch = np.empty(len(is_ul), dtype=np.int64)
+            n_ul, n_ce = int(is_ul.sum()), int((~is_ul).sum())
+            batch[is_ul], batch[~is_ul] = ul[ul_at : ul_at + n_ul], ce[ce_at : ce_at + n_ce]
+            ul_at, ce_at = ul_at + n_ul, ce_at + n_ce
             if self.group_by_length:
                 batch[:] = batch[np.argsort(-self.lengths[batch], kind="stable")]
+            batches.append(batch)
+        if all(len(b) == self.sequences_per_step for b in batches):
+            return np.stack(batches) if batches else np.empty((0, self.sequences_per_step), np.int64)
         return batches
 
     def totals(self, batch: np.ndarray) -> StepTotals:
-        """Sequences (with scored tokens) and scored tokens per loss type in one step."""
+        """Sequences (with scored tokens) and scored tokens per loss type in one step, and the
+        share of a full step it is (below 1 only for the partial last step of `official`)."""
         tokens = self.scored_tokens[batch]
         type_ids = self.type_ids[batch]
         n_types = len(self.type_names)
@@ -234,6 +298,7 @@ class MixedBatchSampler(Sampler[list[int]]):
         return StepTotals(
             sequences={t: int(n) for t, n in zip(self.type_names, sequences, strict=True)},
             tokens={t: int(n) for t, n in zip(self.type_names, token_sums, strict=True)},
+            step_fraction=len(batch) / self.sequences_per_step,
         )
 
     def micro_batches_with_totals(self) -> Iterator[tuple[list[int], StepTotals]]:
@@ -244,7 +309,7 @@ class MixedBatchSampler(Sampler[list[int]]):
         position = 0
         for batch in self.global_batches():
             totals = None
-            for accumulation in range(self.accumulate_grad_batches):
+            for accumulation in range(len(batch) // (micro * world)):
                 if position >= start:
                     if totals is None:
                         totals = self.totals(batch)
@@ -266,7 +331,12 @@ class MixedBatchSampler(Sampler[list[int]]):
             ("ce", self.ce_indices, self.ce_per_step),
             ("ul", self.ul_indices, self.ul_per_step),
         ):
-            n, draws = len(indices), steps * per_step
+            n = len(indices)
+            draws = (
+                self.micro_steps_per_epoch * (per_step // self.accumulate_grad_batches)
+                if self.epoch_end == "official"
+                else steps * per_step
+            )
             pools[kind] = {
                 "records": n,
                 "per_step": per_step,
@@ -279,6 +349,7 @@ class MixedBatchSampler(Sampler[list[int]]):
             "epoch_end": self.epoch_end,
             "steps_per_epoch": steps,
             "micro_batches_per_rank": len(self),
+            "last_step_micro_batches": self.micro_steps_in(steps - 1) if steps else 0,
             "accumulate_grad_batches": self.accumulate_grad_batches,
             "world_size": self.num_replicas,
             "micro_batch_size": self.micro_batch_size,

@@ -26,6 +26,9 @@ class StepTotals(NamedTuple):
 
     sequences: Mapping[str, int]
     tokens: Mapping[str, int]
+    # The step's size against a full one (C + U sequences); below 1 only for the partial last
+    # step of train.epoch_end=official, whose terms still count as a full step's share.
+    step_fraction: float = 1.0
 
     def units(self, loss_type: str, reduction: str) -> int:
         """The denominator of a term with this `loss_type` and reduction (`token`/`sequence`)."""

@@ -32,14 +32,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.strategies import Strategy
-from transformers import PreTrainedTokenizerFast
 
 from reasonft.data.prompts import PromptFormat
 from reasonft.io import atomic_path, write_json
-from reasonft.models.tokenizer import save_tokenizer
+from reasonft.models.tokenizer import check_tokenizer_reload
 from reasonft.training.datamodule import RecordsDataModule
 from reasonft.training.losses import LossComposition
 from reasonft.training.module import StudentModule
+from reasonft.training.precision import is_pure_low_precision, precision_note
 from reasonft.training.sampler import accumulation_steps
 from reasonft.training.strategies import full_state_dict
 
@@ -123,12 +123,36 @@ def build_partial(node: DictConfig | None, key: str, optional: bool = False) -> 
     return instantiate(node, _convert_="all")
 
 
+class NoTrainingStep(RuntimeError):
+    """A fit that took no optimiser step: there is no trained model to report."""
+
+
+# Trainer keys that, at 0, let a fit end without one optimiser step.
+ZERO_STEP_KEYS = ("max_epochs", "max_steps", "limit_train_batches")
+
+
+def check_takes_steps(trainer: DictConfig) -> None:
+    """A Trainer setting that trains nothing stops at start-up, naming its key."""
+    for key in ZERO_STEP_KEYS:
+        value = trainer.get(key)
+        if value is not None and not isinstance(value, bool) and value == 0:
+            raise ValueError(
+                f"trainer.{key}={value}: the fit would take no optimiser step and report the "
+                "base student as trained; give it a positive value (max_steps=-1: no step limit)"
+            )
+
+
 def check_train_config(cfg: DictConfig, loss: LossComposition) -> None:
     """At start-up: the optimiser and schedule build (on a probe parameter), and the Trainer
     builds with its strategy and the derived accumulation, so that a wrongly typed value or an
     impossible size stops before any stage runs."""
     from reasonft.training.module import check_optimization
 
+    check_takes_steps(cfg.trainer)
+    precision = cfg.trainer.get("precision")
+    note = precision_note(precision, (cfg.get("model") or {}).get("dtype"))
+    if note:
+        log.log(logging.WARNING if is_pure_low_precision(precision) else logging.INFO, note)
     check_optimization(
         build_partial(cfg.train.optimizer, "train.optimizer"),
         build_partial(cfg.train.scheduler, "train.scheduler", optional=True),
@@ -144,15 +168,20 @@ def check_train_config(cfg: DictConfig, loss: LossComposition) -> None:
         raise ValueError(f"trainer: {err}") from err
 
 
-def save_student(model: Any, tokenizer: Any, path: Path, state_dict: dict[str, Any] | None = None) -> None:
+def save_student(
+    model: Any,
+    tokenizer: Any,
+    path: Path,
+    state_dict: dict[str, Any] | None = None,
+    texts: list[str] | tuple[str, ...] = (),
+) -> None:
     """`save_pretrained` of model (with `state_dict` when given: the gathered full weights of a
-    sharded model) and tokenizer into `path`, atomically."""
+    sharded model) and tokenizer into `path`, atomically. The saved tokenizer is reloaded as
+    every later stage loads it and must encode `texts` (the training texts) to the same ids."""
     with atomic_path(path) as tmp:
         model.save_pretrained(tmp, state_dict=state_dict)
-        if type(tokenizer) is PreTrainedTokenizerFast:
-            save_tokenizer(tokenizer, tmp)
-        else:
-            tokenizer.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        check_tokenizer_reload(tokenizer, tmp, texts)
 
 
 def train_student(
@@ -200,12 +229,20 @@ def train_student(
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
     trainer.fit(module, datamodule=datamodule, ckpt_path=train.ckpt_path)
+    if trainer.global_step == 0:
+        raise NoTrainingStep(
+            f"train: the fit ended after {trainer.current_epoch} epoch(s) without one optimiser "
+            f"step (trainer.max_epochs={cfg.trainer.get('max_epochs')}, trainer.max_steps="
+            f"{cfg.trainer.get('max_steps')}, trainer.limit_train_batches="
+            f"{cfg.trainer.get('limit_train_batches')}, {len(datamodule.sampler or [])} "
+            "micro-batches per epoch); no trained model is written"
+        )
 
     out_dir = Path(out_dir)
     model_dir = out_dir / "model"
     gathered = full_state_dict(trainer, model)  # collective: every rank takes part
     if trainer.is_global_zero:
-        save_student(model, tokenizer, model_dir, state_dict=gathered)
+        save_student(model, tokenizer, model_dir, state_dict=gathered, texts=datamodule.sample_texts())
         report = {
             "data": datamodule.report,
             "world_size": trainer.world_size,

@@ -23,6 +23,7 @@ from reasonft.data.toy.teachers import TEACHER_STYLES, Solution, make_teacher
 # Test is drawn first and train avoids its expressions, so the test split does not depend on
 # n_train; pre-training problems avoid the test expressions.
 SPLITS = ("train", "test")
+TRAIN_SPLITS = ("train", "warmup")
 # Bump when the same settings would generate different problems or responses, so that cached
 # toy students built on the old content are not reused.
 GENERATOR_VERSION = 2
@@ -41,6 +42,9 @@ class ToyWorld:
         slip_rate: share of the `sloppy` teacher's responses with an arithmetic slip.
         responses_per_teacher: responses per teacher and prompt in the pool.
         word_fraction: share of problems phrased as word problems.
+        train_split: "train", or "warmup": the train split is then replaced by as many problems
+            drawn apart from both splits (its own stream), for a format warm-up of a real student
+            on data the experiments never use; the test split stays the same.
     """
 
     # Seen by the pipeline's artifact keys: records from another generator are other records.
@@ -59,6 +63,7 @@ class ToyWorld:
         slip_rate: float = 0.3,
         responses_per_teacher: int = 1,
         word_fraction: float = 0.2,
+        train_split: str = "train",
     ) -> None:
         self.shape = ProblemShape(
             int(min_ops), int(max_ops), int(max_value), int(max_operand), float(word_fraction)
@@ -69,6 +74,11 @@ class ToyWorld:
             raise ValueError(
                 f"toy world: responses_per_teacher={responses_per_teacher} must be >= 1"
             )
+        if train_split not in TRAIN_SPLITS:
+            raise ValueError(
+                f"toy world: train_split={train_split!r}; choose from {list(TRAIN_SPLITS)}"
+            )
+        self.train_split = str(train_split)
         self.seed = int(seed)
         self.n_train = int(n_train)
         self.n_test = int(n_test)
@@ -97,6 +107,9 @@ class ToyWorld:
             "slip_rate": self.slip_rate,
             "responses_per_teacher": self.responses_per_teacher,
             "word_fraction": self.shape.word_fraction,
+            # Only when set: the default world's settings (and so its built students' folders)
+            # are what they were before the warm-up split existed.
+            **({"train_split": self.train_split} if self.train_split != "train" else {}),
         }
 
     # -- problems -------------------------------------------------------------------------------
@@ -118,6 +131,9 @@ class ToyWorld:
         seen: set[str] = set()
         for split, n in (("test", self.n_test), ("train", self.n_train)):
             self._problems[split] = list(itertools.islice(self._stream(split, seen), n))
+        if self.train_split == "warmup":
+            warmup = self._stream("warmup", seen)
+            self._problems["train"] = list(itertools.islice(warmup, self.n_train))
 
     def problem_list(self, split: str) -> list[Problem]:
         """The `Problem` objects of a split (with expression and operations, for checks)."""
