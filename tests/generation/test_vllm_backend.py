@@ -231,3 +231,20 @@ def test_sampled_distributions_agree_with_the_transformers_backend(student):
     for a, b in zip(mine, theirs):
         _within_sampling_error(a, b)
     assert 0 < statistics.fmean(theirs[1]) < 1  # pass@1 is informative: neither all right nor all wrong
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_the_real_student_as_the_transformers_backend(smollm2_path):
+    """SmolLM2-135M-Instruct (30 layers, heads of 64, a chat template with a default system
+    prompt): greedy records equal the transformers backend's without the system prompt (the
+    official choice) and with the template's own."""
+    folder = str(smollm2_path)
+    model = load_student(folder, dtype="float32", attn_implementation="sdpa").eval()
+    tokenizer = load_tokenizer(folder)
+    problems = ToyWorld(seed=0, n_train=200, n_test=40).problems("test").select(range(8))
+    for prompt_format in (PromptFormat(), PromptFormat(system_prompt="default")):
+        ours = _vllm(max_new_tokens=32).generate(problems, folder, tokenizer, prompt_format=prompt_format)
+        reference = _hf(max_new_tokens=32).generate(problems, model, tokenizer, prompt_format=prompt_format)
+        assert ours.features == reference.features
+        assert ours.to_list() == reference.to_list()
