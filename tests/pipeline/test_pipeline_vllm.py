@@ -76,7 +76,7 @@ def test_oxa6_evaluation_with_vllm_at_tiny_sizes(tmp_path):
         *[f"eval.benchmarks.{b}.n_samples=2" for b in benchmarks],
         "eval.generator.stop_token_ids=[]", 'eval.generator.extra_stop_tokens=["<|im_end|>"]',
         "eval.generator.max_new_tokens=16", "eval.generator.max_total_tokens=4096",
-        "model.config_overrides={max_position_embeddings: 4096}",
+        "+model.config_overrides.max_position_embeddings=4096",
         *[f"eval.generator.{o}" for o in ENGINE],
     ]
     run_py(overrides, tmp_path)
