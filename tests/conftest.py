@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -66,13 +67,19 @@ def tiny_model(tiny_tokenizer):
     return model
 
 
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+# `make test-vllm` sets it: there a vLLM that cannot be imported fails the tests, never skips them.
+REQUIRE_VLLM = os.environ.get("REASONFT_REQUIRE_VLLM") == "1"
+
+
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
     skip_gpu = pytest.mark.skip(reason="needs CUDA; no GPU on this machine")
+    skip_vllm = pytest.mark.skip(reason="vllm is not installed here: `make test-vllm` runs it (.venv-vllm)")
     for item in items:
-        if "gpu" in item.keywords:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+        if "vllm" in item.keywords and not HAS_VLLM and not REQUIRE_VLLM:
+            item.add_marker(skip_vllm)
 
 
 def needs_shared(path: Path):

@@ -153,7 +153,9 @@ def test_vllm_budget_is_the_context_limit_minus_each_prompt(monkeypatch, tiny_mo
     fake.LLM = _FakeLLM
     fake.SamplingParams = lambda **kw: kw
     monkeypatch.setitem(sys.modules, "vllm", fake)
-    from reasonft.generation.vllm import VLLMGenerator
+    # The fake stands for vLLM on a GPU (the CPU build's checks are tested beside the real one).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    from reasonft.generation.vllm import VLLMGenerator, shutdown_engine
 
     tiny_model.save_pretrained(tmp_path / "ckpt")
     stop = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -167,3 +169,33 @@ def test_vllm_budget_is_the_context_limit_minus_each_prompt(monkeypatch, tiny_mo
     assert all(stop in p["stop_token_ids"] for p in llm.params)
     with pytest.raises(ValueError, match="generate.max_model_len"):
         VLLMGenerator(max_model_len=100, max_total_tokens=300)
+    shutdown_engine()  # the fake engine is the process's engine: let it go
+
+
+def test_vllm_gpu_settings_stop_at_startup_without_cuda(monkeypatch, tiny_model, tiny_tokenizer, tmp_path):
+    """vLLM's CPU build: the KV cache needs a size (gpu_memory_utilization would be a share of
+    RAM) and the model a head size its attention takes; both stop before an engine starts."""
+    fake = types.ModuleType("vllm")
+    fake.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+    fake.LLM = _FakeLLM
+    fake.SamplingParams = lambda **kw: kw
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    from reasonft.generation.vllm import VLLMGenerator, head_size
+
+    with pytest.raises(ValueError, match="generate.kv_cache_memory_gib=null without CUDA"):
+        VLLMGenerator(n=2, temperature=0.6, top_p=0.95)
+    with pytest.raises(ValueError, match="generate.kv_cache_memory_gib=0"):
+        VLLMGenerator(kv_cache_memory_gib=0)
+    gen = VLLMGenerator(n=1, temperature=0.0, kv_cache_memory_gib=0.5, progress=False)
+    assert gen.engine_args["kv_cache_memory_bytes"] == 2**29
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    assert VLLMGenerator(n=1, temperature=0.0).engine_args["kv_cache_memory_bytes"] is None
+
+    tiny_model.save_pretrained(tmp_path / "ckpt")  # hidden 32 / 4 heads: heads of size 8
+    assert head_size(tmp_path / "ckpt") == 8
+    started = len(_FakeLLM.instances)
+    with pytest.raises(ValueError, match="attention heads of size 8"):
+        gen.generate(PROBLEMS, str(tmp_path / "ckpt"), tiny_tokenizer)
+    assert len(_FakeLLM.instances) == started  # stopped before any engine

