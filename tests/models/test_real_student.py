@@ -212,20 +212,22 @@ def test_a_gguf_file_as_model_path_is_converted_by_the_base_stage(smollm2_path, 
     assert parts.builder.build(smollm2_path.parent) == str(smollm2_path)
 
 
+WORDS = ["apple", "river", "window", "garden", "silver", "music", "orange", "table", "pencil", "candle", "forest", "mirror", "bottle", "jacket", "rabbit", "stone", "cloud", "ladder", "violin", "carpet", "engine", "island", "bridge", "tiger", "planet", "lemon", "basket", "feather", "rocket", "castle", "tunnel", "marble", "helmet", "wagon", "cactus", "pillow", "anchor", "harbor", "meadow", "lantern"]
+
+
 def test_the_real_student_reads_its_context(smollm2_path):
-    """What the toy student cannot do: a random 40-word sequence repeated once costs far fewer
-    nats per token the second time (induction from the context)."""
+    """What the toy student cannot do: 40 words in a random order, repeated once, cost far fewer
+    nats per token the second time (it copies from its context)."""
     import random
 
     tok = load_tokenizer(str(smollm2_path))
     model = load_student(str(smollm2_path), dtype="float32").eval()
-    words = [w for w in tok.get_vocab() if w.startswith("Ġ") and w[1:].isalpha() and len(w) > 4]
-    rng = random.Random(0)
-    chunk = tok.convert_tokens_to_ids(rng.sample(sorted(words), 40))
-    ids = torch.tensor([chunk + chunk])
+    ids = tok(" " + " ".join(random.Random(0).sample(WORDS, 40)), add_special_tokens=False)["input_ids"]
+    n = len(ids)
+    both = torch.tensor([ids + ids])
     with torch.no_grad():
-        logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
-    nll = -logp.gather(-1, ids[0, 1:, None])[:, 0]
-    first, second = nll[:39].mean().item(), nll[40:].mean().item()
+        logp = torch.log_softmax(model(both).logits[0, :-1].float(), -1)
+    nll = -logp.gather(-1, both[0, 1:, None])[:, 0]
+    first, second = nll[: n - 1].mean().item(), nll[n:].mean().item()
     print(f"first copy {first:.2f} nats/token, second {second:.2f}")
-    assert second < first / 2, (first, second)
+    assert second < 0.7 * first, (first, second)
