@@ -167,8 +167,10 @@ def test_whole_oxa_loop_on_the_real_student(smollm2_path, tmp_path):
 
     cfg = _compose(
         tmp_path, "experiment=smollm2_oxa_full", "model=hf", f"model.path={smollm2_path}",
-        *REAL_TINY, "select.promote.n=2", "select.promote.mu=5", "select.promote.sigma=100",
-        "select.promote.ppl_max=1000", "select.promote.bin_width=1", "select.suppress.n=2",
+        # A window wide enough for any PPL the shipped student gives these traces, with quotas of
+        # whole records per bin (a flat Gaussian over narrow bins would round every quota to 0).
+        *REAL_TINY, "select.promote.n=1000", "select.promote.mu=30", "select.promote.sigma=30",
+        "select.promote.ppl_max=1001", "select.promote.bin_width=10", "select.suppress.n=2",
         "train.ce_per_step=2", "train.ul_per_step=2", "train.micro_batch_size=2",
         "trainer.max_steps=1",
     )
@@ -182,7 +184,7 @@ def test_whole_oxa_loop_on_the_real_student(smollm2_path, tmp_path):
     train_prompts = (run / "train" / "prompts.md").read_text()
     assert "<|im_start|>user\\n" in train_prompts and "SmolLM" not in train_prompts
     assert "Let's reason step by step" in train_prompts
-    assert "<|im_end|>\\n'`" in train_prompts  # the response ends with the template's end of turn
+    assert "<|im_end|>\n\n````" in train_prompts  # the response ends with the template's end of turn
     assert (run / "generate" / "prompts.md").exists()
     assert (run / "evaluate-base" / "prompts.md").exists()
 
