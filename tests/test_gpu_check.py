@@ -55,7 +55,12 @@ def test_dry_run_writes_every_step_with_a_status(tmp_path: Path) -> None:
     assert tests and all(t["outcome"] == "skipped" for t in tests.values())
     assert {"mfu", "peak_memory"} <= steps["train"]["skipped_parts"].keys()
     train = steps["train"]["result"]
-    assert len(train["runs"]) == 4 * len(gpu_check.DRY.train_lengths)  # 2 engines x ckpt on/off
+    # 2 engines x ckpt on/off per length, then reasonft alone at the maximum length, ckpt on
+    assert len(train["runs"]) == 4 * len(gpu_check.DRY.train_lengths) + 1
+    long_row = train["runs"][-1]
+    assert long_row["row"] == "max_length" and long_row["length"] == gpu_check.DRY.long_length
+    assert long_row["activation_checkpointing"] and long_row["tokens_per_s"] > 0
+    assert gpu_check.FULL.long_length == 32768
     assert all(r["tokens_per_s"] > 0 and "error" not in r for r in train["runs"])
     assert len(train["pairs"]) == 2 * len(gpu_check.DRY.train_lengths)
     score = steps["score"]["result"]
