@@ -105,7 +105,8 @@ def placeholders(tmp_path_factory, smollm2_path):
 
 
 def _substitute(token: str, files: dict[str, Path]) -> str:
-    token = re.sub(r"/ckpt/[\w.\-]+\.gguf", str(files["gguf"]), token)
+    if "gguf" in files:
+        token = re.sub(r"/ckpt/[\w.\-]+\.gguf", str(files["gguf"]), token)
     token = re.sub(r"/ckpt/[\w.\-]+", str(files["ckpt"]), token)
     token = re.sub(r"/data/[\w.\-]+\.jsonl", str(files["jsonl"]), token)
     return re.sub(r"/data/[\w.\-]+\.parquet", str(files["parquet"]), token)

@@ -105,6 +105,7 @@ REFUSED: dict[str, str] = {
     "eval.second_verifier.answer_rule": "the second grader would be the first one (compare_graders)",
     "settings_for": "a toy / real enum read by start-up only (tests/models/test_real_student.py)",
     "model.pretrained": "the toy student called pretrained: start-up refuses its toy settings",
+    "rl.validation.evaluator.generator.top_p": "a probability: the perturbed value leaves (0, 1]",
 }
 # Leaves that change which stages run: their keys are the plan's business (test_pipeline).
 CHANGES_PLAN = {
