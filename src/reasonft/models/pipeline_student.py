@@ -37,14 +37,16 @@ class PipelineStudent:
 
     def config(self) -> DictConfig:
         from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
 
         overrides = [*self.overrides, "stages=[train]"]
         if self.cache_dir is not None:
             overrides.append(f"paths.cache_dir={self.cache_dir}")
-        # Its own Hydra context on the package's config tree (Hydra backs up and restores the
-        # caller's: run.py's, or a notebook's with another config folder).
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        if GlobalHydra.instance().is_initialized():  # inside run.py or a test's compose
             cfg = compose("config", overrides=overrides)
+        else:
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                cfg = compose("config", overrides=overrides)
         with open_dict(cfg):  # its logs and checkpoints are not the calling run's
             cfg.paths.output_dir = tempfile.mkdtemp(prefix="reasonft-pipeline-student-")
         return cfg
