@@ -53,7 +53,7 @@ from reasonft.scoring.lalp import (
     masked_attention,
     window_size,
 )
-from reasonft.scoring.logprobs import logprobs_from_hidden
+from reasonft.scoring.logprobs import logprobs_at
 from reasonft.scoring.token_steps import ScoringExample
 
 BAND_POSITIONS = ("global", "local")
@@ -164,15 +164,7 @@ def banded_token_logprobs(
             position_ids=pos.to(device),
             use_cache=False,
         ).last_hidden_state
-    src = torch.as_tensor(np.concatenate(source), device=device)
-    logp, _ = logprobs_from_hidden(
-        hidden.reshape(-1, hidden.shape[-1])[src],
-        model.get_output_embeddings(),
-        torch.as_tensor(np.concatenate(targets), device=device),
-        chunk_tokens,
-        with_entropy=False,
-    )
-    logp = logp.float().cpu().numpy()
+    logp = logprobs_at(hidden, model, source, targets, chunk_tokens)
     dest_example_all, dest_token_all = np.concatenate(dest_example), np.concatenate(dest_token)
     for b in range(len(examples)):
         pick = dest_example_all == b

@@ -7,6 +7,7 @@ checkpointed, so backward recomputes that chunk's logits instead of keeping them
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
@@ -90,3 +91,24 @@ def token_logprobs(
     logp[:, 1:][mask] = lp
     ent[:, 1:][mask] = en.to(ent.dtype)
     return logp, ent
+
+
+def logprobs_at(
+    hidden: Tensor,
+    model: torch.nn.Module,
+    rows: list,
+    targets: list,
+    chunk_tokens: int,
+) -> np.ndarray:
+    """Log p(target) at the given flat rows of `hidden` [B, L, H] (lists of index arrays, one per
+    example, concatenated), as a float32 numpy array: what the scorer and the banded pass share."""
+    device = hidden.device
+    src = torch.as_tensor(np.concatenate(rows), device=device)
+    logp, _ = logprobs_from_hidden(
+        hidden.reshape(-1, hidden.shape[-1])[src],
+        model.get_output_embeddings(),
+        torch.as_tensor(np.concatenate(targets), device=device),
+        chunk_tokens,
+        with_entropy=False,
+    )
+    return logp.float().cpu().numpy()

@@ -61,7 +61,7 @@ from reasonft.scoring.lalp import (
     local_token_logprobs,
     window_size,
 )
-from reasonft.scoring.logprobs import logprobs_from_hidden
+from reasonft.scoring.logprobs import logprobs_at
 from reasonft.scoring.steps import StepSplitter, as_splitter
 from reasonft.scoring.token_steps import ScoringExample, ensure_scored_token, token_step_ids
 
@@ -118,15 +118,7 @@ def global_token_logprobs(
         targets.append(ids[b, at].numpy())
         sizes.append(len(at))
         first_scored.append(first)
-    src = torch.as_tensor(np.concatenate(source), device=device)
-    logp, _ = logprobs_from_hidden(
-        hidden.reshape(-1, hidden.shape[-1])[src],
-        model.get_output_embeddings(),
-        torch.as_tensor(np.concatenate(targets), device=device),
-        chunk_tokens,
-        with_entropy=False,
-    )
-    logp = logp.float().cpu().numpy()
+    logp = logprobs_at(hidden, model, source, targets, chunk_tokens)
     result, offset = [], 0
     for ex, n, first in zip(examples, sizes, first_scored):
         token_logps = np.full(len(ex.response_ids), np.nan, dtype=np.float32)
