@@ -197,3 +197,32 @@ def test_a_killed_rl_stage_resumes_from_its_last_checkpoint(tmp_path, monkeypatc
     for name in a:
         assert (a[name] - b[name]).abs().max().item() < 1e-5, name
     assert OmegaConf.select(again.cfg, "rl.resume") is True
+
+
+@pytest.mark.slow
+def test_the_policy_trains_in_float32_whatever_model_dtype(tmp_path, monkeypatch):
+    """model.dtype=bfloat16 loads the student for sampling and evaluation; GRPO, like the train
+    stage, keeps fp32 master weights (pure bf16 would round lr-sized updates away)."""
+    import safetensors.torch
+    import torch
+    from transformers import TrainerCallback
+
+    import reasonft.rl.stage as rl_stage
+
+    seen: list[set[torch.dtype]] = []
+
+    class ParamDtypes(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            seen.append({p.dtype for p in model.parameters()})
+
+    original = rl_stage.run_grpo
+    monkeypatch.setattr(rl_stage, "run_grpo", lambda *a, **k: original(*a, callbacks=[ParamDtypes()], **k))
+    tiny = [*TINY, "rl.max_steps=1", "rl.validation.every_n_steps=0", "stages=[rl]"]
+    run = Pipeline(_compose(f"paths.cache_dir={tmp_path}/cache", f"paths.output_dir={tmp_path}/run",
+                            *tiny, "model.dtype=bfloat16"))
+    run.run()
+    assert seen == [{torch.float32}]
+    saved = safetensors.torch.load_file(str(run.reinforced.path / "model" / "model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    plain = Pipeline(_compose(f"paths.cache_dir={tmp_path}/cache", *tiny))
+    assert "policy_dtype" in run.spec("rl")[0] and "policy_dtype" not in plain.spec("rl")[0]

@@ -153,6 +153,10 @@ class Pipeline:
         if stage == "train":
             return config, {"select": up("select"), **model}
         if stage == "rl":
+            # The policy is loaded in float32 whatever model.dtype is; a policy trained from a
+            # 16-bit load (before that rule) has another key.
+            if self.model_identity["load"]["dtype"] not in (None, "float32"):
+                config["policy_dtype"] = "float32"
             # The starting checkpoint: the fine-tuned student when train is part of the run.
             if "train" in self.plan.stages:
                 return config, {"train": up("train"), "load": self.model_identity["load"]}
@@ -452,7 +456,9 @@ class Pipeline:
         start = self.trained_model_path() if "train" in self.plan.stages else self.base_path
 
         def produce(tmp: Path) -> dict[str, Any]:
-            model, tok = self.load_model(start)
+            # The policy trains with fp32 master weights whatever model.dtype is, as the train
+            # stage does (training/precision.py); rl.bf16 is TRL's autocast over them.
+            model, tok = self.load_model(start, dtype="float32")
             model.train()
             loggers = []
             if is_rank_zero_process():
