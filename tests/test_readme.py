@@ -277,10 +277,37 @@ def test_python_api_snippet_runs(tmp_path, monkeypatch):
             assert eval(code, namespace) is (comment.strip() == "True"), line
 
 
+# Every bench script's --help, run as `python SCRIPT --help` would run it (runpy, __main__), all
+# in one process so that torch and transformers are imported once, not once per script.
+HELP_ALL = """
+import contextlib, io, json, runpy, sys, traceback
+results = {}
+for script in sys.argv[1:]:
+    sys.argv = [script, "--help"]
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except BaseException:
+        code, err = 1, io.StringIO(traceback.format_exc())
+    results[script] = {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()[-2000:]}
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def bench_help() -> dict[str, dict]:
+    done = subprocess.run([sys.executable, "-c", HELP_ALL, *bench_scripts()], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("script", bench_scripts())
 @pytest.mark.slow
-def test_bench_script_answers_help(script):
-    done = subprocess.run(
-        [sys.executable, script, "--help"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+def test_bench_script_answers_help(script, bench_help):
+    result = bench_help[script]
+    assert result["code"] == 0 and "usage:" in result["stdout"], result["stderr"]
