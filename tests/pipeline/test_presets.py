@@ -25,7 +25,7 @@ OPTION_GROUPS = ("select", "loss")
 ALL_GROUPS = ("data", "model", "generate", "verify", "score", "select", "loss", "train", "trainer",
               "strategy", "logger", "callbacks", "eval")
 EVERY_GROUP_FROM = (None, "oxa_full_1.5b")
-OTHER_PRESET_STRIDE = 4
+OTHER_PRESET_STRIDE = 6
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 HAS_CUDA = torch.cuda.is_available()
@@ -73,8 +73,8 @@ def _expected_error(preset: str | None, group: str, option: str, data: str) -> s
 
 
 def _cases():
-    """Every option of every group from EVERY_GROUP_FROM; from each other preset, a rotating quarter
-    of the selectors and losses (every such option is still switched from six or more presets)."""
+    """Every option of every group from EVERY_GROUP_FROM; from each other preset, a rotating sixth
+    of the selectors and losses (every such option is still switched from four or more presets)."""
     switched = [(group, option) for group in OPTION_GROUPS for option in options(group)
                 if not option.startswith("toy_") and not option.endswith("_7b")]
     for i, preset in enumerate(PRESETS):
