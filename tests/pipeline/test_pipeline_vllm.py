@@ -36,9 +36,18 @@ def run_py(overrides: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "REASONFT_CACHE": str(tmp_path / "cache")}
     command = [sys.executable, str(PROJECT_ROOT / "run.py"), *overrides,
                f"hydra.run.dir={tmp_path}/run"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1500, check=False)
+    try:
+        # Under make test-vllm's per-test timeout (900 s), so that a stuck run shows its own log.
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=840, check=False)
+    except subprocess.TimeoutExpired as stuck:
+        out, err = (_text(stuck.stdout), _text(stuck.stderr))
+        pytest.fail(f"run.py did not finish in {stuck.timeout} s:\n{out[-3000:]}{err[-6000:]}")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return done
+
+
+def _text(output: bytes | str | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
 def test_self_samples_and_evaluation_with_vllm(tmp_path):
