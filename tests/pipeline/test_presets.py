@@ -58,7 +58,7 @@ def _expected_error(preset: str | None, group: str, option: str, data: str) -> s
         uses_self_samples = option.endswith(("oxa", "oxa_7b", "confident_incorrect"))
     if group == "generate" and option == "vllm" and not HAS_VLLM and uses_self_samples:
         return "vLLM"
-    if group == "eval" and option not in ("toy", "toy_small") and not HAS_VLLM:
+    if group == "eval" and option not in ("toy", "toy_small", "toy_quick") and not HAS_VLLM:
         return "vLLM"
     if group == "trainer" and option == "gpu" and not HAS_CUDA:
         return "gpu"
