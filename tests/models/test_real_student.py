@@ -173,7 +173,7 @@ def test_whole_oxa_loop_on_the_real_student(smollm2_path, tmp_path):
         # A window wide enough for any PPL the shipped student gives these traces, with quotas of
         # whole records per bin (a flat Gaussian over narrow bins would round every quota to 0).
         *REAL_TINY, "select.promote.n=1000", "select.promote.mu=30", "select.promote.sigma=30",
-        "select.promote.ppl_max=1001", "select.promote.bin_width=10", "select.suppress.n=2",
+        "select.promote.ppl_min=1", "select.promote.ppl_max=1001", "select.promote.bin_width=10", "select.suppress.n=2",
         "train.ce_per_step=2", "train.ul_per_step=2", "train.micro_batch_size=2",
         "trainer.max_steps=1", "train.max_length=160", "train.overlength=truncate",
     )
