@@ -69,10 +69,9 @@ def metrics(summary: dict[str, Any]) -> dict[str, float]:
 
 
 def measure_on(model_path: str, records: Any, pipeline: Any) -> dict[str, float]:
+    from reasonft.data.records import SCORE_COLUMNS
     from reasonft.evaluation.entropy import response_entropies
     from reasonft.scoring.scorer import Scorer
-
-    from reasonft.data.records import SCORE_COLUMNS
 
     stale = [c for c in dict.fromkeys((*SCORE_COLUMNS, "score_conditioning")) if c in records.column_names]
     records = records.remove_columns(stale)  # scored again, under this policy

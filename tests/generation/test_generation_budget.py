@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.machinery
 import sys
 import types
+from typing import ClassVar
 
 import pytest
 import torch
@@ -130,7 +131,7 @@ def test_budget_errors_name_the_keys(tiny_model, tiny_tokenizer):
 class _FakeLLM:
     """Records what the backend asks vLLM for; answers with one fixed token per request."""
 
-    instances: list[_FakeLLM] = []
+    instances: ClassVar[list[_FakeLLM]] = []
 
     def __init__(self, model: str, seed: int, **engine_args) -> None:
         self.engine_args = engine_args

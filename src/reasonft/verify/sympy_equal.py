@@ -17,6 +17,7 @@ large or nested exponents are not handed to sympy (it can hang there) and count 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from functools import lru_cache
 
@@ -57,10 +58,8 @@ def sympy_normalize(expr: str) -> str:
     if _is_float(expr) and _is_integral(float(expr)):
         expr = str(round(float(expr)))
     if "\\" in expr:
-        try:
+        with contextlib.suppress(Exception):  # unreadable LaTeX is compared as written
             expr = _latex_to_text(expr)
-        except Exception:  # noqa: BLE001 - unreadable LaTeX is compared as written
-            pass
     expr = _MINUS_SPACE.sub("-", expr)
     expr = _MIXED_NUMBER.sub(r"\1+\2", expr)
     expr = expr.replace(" ", "").replace("{", "").replace("}", "").lower()
