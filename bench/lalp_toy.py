@@ -283,7 +283,7 @@ def main() -> None:
     gt_order = sorted(teachers, key=lambda t: -truth[t][0])
 
     rank_job = min((j for j in uses if j["task_name"] == "toy_lalp_rank"), key=lambda j: j["seed"])
-    _, select_report = stage_report(rank_job, "select")
+    _, select_report = stage_report(rank_job, "rank")
     score_path, _ = stage_report(rank_job, "score")
     base_dir, base_report = stage_report(rank_job, "base")
     ranking = {row["source"]: row for row in select_report["teacher_ranking"]}

@@ -79,7 +79,7 @@ EXPECTED_TO_FAIL = {f"python run.py {o}": m for o, m in quoted_startup_errors()}
 def test_the_readme_shows_commands():
     commands = run_commands()
     assert len(commands) >= 8, commands
-    assert any("select=teacher_rank" in c for c in commands)
+    assert any("stages=[rank,report]" in c for c in commands)
     assert bench_commands()
 
 
@@ -192,13 +192,13 @@ def _run(overrides: list[str], tmp_path: Path) -> Pipeline:
 
 @pytest.mark.slow
 def test_teacher_ranking_recipe_runs_and_prints_its_table(tmp_path):
-    [command] = [c for c in run_commands() if "select=teacher_rank" in c]
+    [command] = [c for c in run_commands() if "stages=[rank,report]" in c]
     overrides = shlex.split(command)[2:]
-    pipeline = _run([*overrides, *TINY_TOY, "select.n_prompts=10", "select.n_bootstrap=50"], tmp_path)
-    assert [a.stage for a in pipeline.artifacts] == ["base", "verify", "score", "select"]
+    pipeline = _run([*overrides, *TINY_TOY, "rank.n_prompts=10", "rank.n_bootstrap=50"], tmp_path)
+    assert [a.stage for a in pipeline.artifacts] == ["base", "verify", "score", "rank"]
     md = (tmp_path / "run" / "results.md").read_text()
     assert "## Teacher ranking" in md and "| numbered |" in md and "mean GALP" in md
-    assert (tmp_path / "run" / "select" / "teacher_ranking.png").exists()
+    assert (tmp_path / "run" / "rank" / "teacher_ranking.png").exists()
 
 
 FOUR_RECIPES = "python run.py -m experiment=toy_sft,toy_sft_lp,toy_oxa_mle,toy_oxa_full seed=1,2,3"
@@ -231,7 +231,7 @@ def test_every_recipe_of_the_multirun_runs_end_to_end(recipe, shared_cache, tmp_
     pipeline.run()
     assert {"train", "evaluate"} <= {a.stage for a in pipeline.artifacts}
     assert set(pipeline.results) == {"base", "trained"}
-    report = json.loads((pipeline.trained.path / "train_report.json").read_text())
+    report = json.loads((pipeline.built["train"].path / "train_report.json").read_text())
     assert report["global_step"] == report["data"]["sampler"]["steps_per_epoch"] > 0
     (metrics,) = (tmp_path / "run").rglob("metrics.csv")
     rows = [r for r in csv.DictReader(metrics.open()) if r.get("loss")]

@@ -68,6 +68,8 @@ class RunConfig:
     verify: Any = None
     score: Any = None
     select: Any = None
+    rank: Any = None
+    pipeline: Any = None
     loss: Any = None
     trainer: Any = None
     strategy: Any = None

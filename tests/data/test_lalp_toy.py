@@ -185,7 +185,6 @@ def test_toy_lalp_data_option_extends_toy():
 @pytest.mark.parametrize(
     ("preset", "target"),
     [
-        ("toy_lalp_rank", "teacher_rank.TeacherRanker"),
         ("toy_lalp_random", "simple.RandomSelector"),
         ("toy_lalp_galp_top", "per_prompt.GALPTopSelector"),
         ("toy_lalp_lalp_top", "per_prompt.LALPTopSelector"),
@@ -193,15 +192,19 @@ def test_toy_lalp_data_option_extends_toy():
         ("toy_lalp_teacher", "simple.SingleTeacherSelector"),
     ],
 )
+def test_lalp_rank_preset_runs_the_rank_stage():
+    cfg = compose_preset("experiment=toy_lalp_rank")
+    assert list(cfg.data.source.teachers) == ["terse", "verbose", "ritual", "leap", "mixed"]
+    assert cfg.rank._target_ == "reasonft.selection.teacher_rank.TeacherRanker"
+    assert list(cfg.stages) == ["rank", "report"] and cfg.score.method == "lalp"
+
+
 def test_lalp_presets_choose_options(preset, target):
     cfg = compose_preset(f"experiment={preset}")
     assert list(cfg.data.source.teachers) == ["terse", "verbose", "ritual", "leap", "mixed"]
     assert cfg.select._target_ == f"reasonft.selection.{target}"
     assert cfg.task_name == preset
-    if preset == "toy_lalp_rank":
-        assert list(cfg.stages) == ["select", "report"]
-    else:
-        assert cfg.loss._target_ == compose_preset("loss=sft").loss._target_
+    assert cfg.loss._target_ == compose_preset("loss=sft").loss._target_
     if preset == "toy_lalp_teacher":
         assert cfg.select.teacher == "terse"
         assert compose_preset(f"experiment={preset}", "select.teacher=leap").select.teacher == "leap"

@@ -197,8 +197,8 @@ def test_teacher_ranking_on_the_real_student(smollm2_path, tmp_path):
 
     cfg = _compose(
         tmp_path, "experiment=smollm2_sft", "model=hf", f"model.path={smollm2_path}", *REAL_TINY,
-        "data.source.teachers=[terse,verbose]", "select=teacher_rank", "score=lalp",
-        "stages=[select,report]", "select.n_bootstrap=20",
+        "data.source.teachers=[terse,verbose]", "score=lalp",
+        "stages=[rank,report]", "rank.n_bootstrap=20",
     )
     pipeline = Pipeline(cfg)
     pipeline.run()
@@ -213,8 +213,9 @@ def test_a_gguf_file_as_model_path_is_converted_by_the_base_stage(smollm2_path, 
         f"paths.cache_dir={smollm2_path.parent}", "stages=[evaluate,report]",
     )
     parts = start(cfg)
-    assert parts.plan.stages[0] == "base" and parts.builder.folder_name() == smollm2_path.name
-    assert parts.builder.build(smollm2_path.parent) == str(smollm2_path)
+    builder = parts.stages["base"].builder
+    assert parts.plan.stages[0] == "base" and builder.folder_name() == smollm2_path.name
+    assert builder.build(smollm2_path.parent) == str(smollm2_path)
 
 
 WORDS = ["apple", "river", "window", "garden", "silver", "music", "orange", "table", "pencil", "candle", "forest", "mirror", "bottle", "jacket", "rabbit", "stone", "cloud", "ladder", "violin", "carpet", "engine", "island", "bridge", "tiger", "planet", "lemon", "basket", "feather", "rocket", "castle", "tunnel", "marble", "helmet", "wagon", "cactus", "pillow", "anchor", "harbor", "meadow", "lantern"]

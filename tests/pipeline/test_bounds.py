@@ -94,7 +94,7 @@ def test_start_up_stops_before_building_anything(tmp_path, overrides):
 @pytest.mark.parametrize(
     ("overrides", "named"),
     [
-        (["select=teacher_rank", "select.confidence=1.5", "stages=[select]"], "select.confidence=1.5"),
+        (["rank.confidence=1.5", "stages=[rank]"], "rank.confidence=1.5"),
         (["select=toy_random", "select.n=0"], "select.n=0"),
         (["select=toy_ppl_gaussian", "select.sigma=-1"], "select.sigma=-1"),
         (["score=lalp", "score.window=-1"], "score.window=-1"),

@@ -45,7 +45,7 @@ def _needed(group: str, option: str, tmp: Path) -> list[str]:
         ("model", "hf"): [f"model.path={tmp}"],
         ("model", "random"): [f"model.build.tokenizer={tmp}"],
         ("select", "single_teacher"): ["select.teacher=terse"],
-        ("select", "teacher_rank"): ["stages=[select,report]"],
+        ("rank", "teacher"): ["stages=[rank,report]"],
     }.get((group, option), [])
 
 

@@ -9,6 +9,8 @@ from omegaconf import OmegaConf
 
 from reasonft.pipeline.plan import make_plan
 from reasonft.pipeline.report import _metric_rows, before_after, write_final_report
+from reasonft.stages.base_student import BaseStudent
+from reasonft.stages.evaluate import Evaluate
 
 RESULTS = {
     "base": {
@@ -44,7 +46,7 @@ def test_before_after_lines():
 
 def test_final_report_files(tmp_path):
     cfg = OmegaConf.create({"task_name": "t", "objective": "pass@1", "paths": {"artifacts_dir": "a"}, "stages": ["evaluate"]})
-    plan = make_plan(["evaluate", "report"], has_build=True, self_samples=False, score_columns=(), is_ranking=False)
+    plan = make_plan(["evaluate", "report"], {"base": BaseStudent(), "evaluate": Evaluate()}, has_build=True)
     objective = write_final_report(cfg, plan, [], RESULTS, tmp_path)
     assert objective is None  # these results carry no "average"
     md = (tmp_path / "results.md").read_text()

@@ -73,6 +73,7 @@ VALID_OTHER: dict[str, Any] = {
     "score.overlength": "drop",
     "score.ppl_numerics": "official_bf16",
     "select.promote.tie_break": "official",
+    "rank.confidence": 0.9,
     "select.suppress.cutoff_ties": "official_heap",
     "select.promote.ppl_min": 1.5,
     "select.promote.ppl_max": 6.0,

@@ -271,7 +271,6 @@ def test_every_config_instantiates():
         "lalp_lowest",
         "single_teacher",
         "oxa",
-        "teacher_rank",
     }
     for path in sorted(SELECT_CONF_DIR.glob("*.yaml")):
         cfg = compose_option("select", path.stem)
@@ -349,8 +348,8 @@ def test_select_api_errors(ds):
         select(ds, "gauss")
     with pytest.raises(ValueError, match=r"required parameter\(s\) \['teacher'\]"):
         select(ds, "single_teacher")
-    with pytest.raises(TypeError, match="rank_teachers"):
-        select(ds, "teacher_rank")
+    with pytest.raises(ValueError, match="unknown selection strategy 'teacher_rank'"):
+        select(ds, "teacher_rank")  # teacher ranking is the rank stage (rank_teachers)
     assert len(select(ds, "single_teacher", teacher="R1")) > 0
 
 

@@ -13,6 +13,7 @@ from reasonft.selection.base import EmptySelection, MissingColumn
 from reasonft.selection.oxa import OXASelector
 from reasonft.selection.per_prompt import LALPTopSelector
 from reasonft.selection.simple import AllSelector
+from reasonft.selection.teacher_rank import TeacherRanker
 
 BASE = {"prompt_id", "source"}
 PARAMS = {"single_teacher": {"teacher": "t1"}}
@@ -68,18 +69,21 @@ BASE_STRATEGIES = [s for s in available_strategies()
 @pytest.mark.parametrize("strategy", BASE_STRATEGIES)
 def test_requires_is_exactly_what_the_strategy_reads(monkeypatch, strategy):
     params = {"n": 20} if strategy in ("ppl_gaussian", "ppl_lowest", "random", "confident_incorrect") else {}
-    if strategy == "teacher_rank":
-        params = {"n_prompts": 10, "n_bootstrap": 20}
     selector = build_selector(strategy, **PARAMS.get(strategy, {}), **params)
     assert _columns_read(monkeypatch, selector, _pool()) == set(selector.requires)
+
+
+def test_the_rankers_requires_is_exactly_what_it_reads(monkeypatch):
+    ranker = TeacherRanker(n_prompts=10, n_bootstrap=20)
+    assert _columns_read(monkeypatch, ranker, _pool()) == set(ranker.requires)
 
 
 def test_declared_requirements():
     assert build_selector("lalp_top").requires == {"lalp", "correct"}
     assert build_selector("galp_top").requires == {"galp", "correct"}
     assert build_selector("oxa").requires >= {"ppl", "correct"}
-    assert build_selector("teacher_rank").requires == {"lalp", "galp", "correct"}
-    assert build_selector("teacher_rank", metrics=["lalp"], only_correct=False).requires == {"lalp"}
+    assert TeacherRanker().requires == {"lalp", "galp", "correct"}
+    assert TeacherRanker(metrics=["lalp"], only_correct=False).requires == {"lalp"}
     assert build_selector("random").requires == {"correct"}
     assert build_selector("random", only_correct=False).requires == set()
 
@@ -92,8 +96,8 @@ def test_lalp_top_after_a_ppl_only_score_stage_stops_naming_the_option():
     assert "select=lalp_top needs column lalp" in message
     assert "['n_tokens', 'ppl', 'galp']" in message
     assert "score=lalp or score.method=all" in message
-    with pytest.raises(MissingColumn, match="select=teacher_rank needs column lalp"):
-        build_selector("teacher_rank")(_ppl_only(_pool()))
+    with pytest.raises(MissingColumn, match="rank=teacher needs column lalp"):
+        TeacherRanker()(_ppl_only(_pool()))
     with pytest.raises(MissingColumn, match="select=oxa needs column ppl"):
         build_selector("oxa")(_pool().remove_columns(["ppl"]))
     with pytest.raises(MissingColumn, match="needs column correct.*verify stage"):

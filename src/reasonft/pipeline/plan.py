@@ -1,9 +1,12 @@
-"""The stage graph: what each stage reads and what it writes, and which stages a run needs.
+"""The plan: which stages a run builds, in dependency order.
 
-`stages=` names the outputs a run asks for; the plan adds whatever those outputs read, decided
-by the configured components (a selector that suppresses the student's own samples needs
-`generate`; one that ranks by LALP needs `score`), never by the order or presence of other names
-in the list. `report` is the final table and needs nothing of its own.
+`stages=` names the outputs a run asks for; the plan adds whatever those outputs read, as each
+stage object's `needs` says, decided by the configured components (a selector that suppresses
+the student's own samples makes `verify` need `generate`; one that ranks by LALP makes `select`
+need `score`), never by the order or presence of other names in the list. `report`, the final
+table, is not a stage: it is written when asked for, after every stage.
+
+Stages of the shipped `pipeline` config (each one class under `reasonft/stages/`):
 
 | stage    | reads (config)                              | reads (stages)                 | writes |
 |----------|---------------------------------------------|--------------------------------|--------|
@@ -11,7 +14,8 @@ in the list. `report` is the final table and needs nothing of its own.
 | generate | generate, data, prompt format, model load   | base                           | self-samples (records) |
 | verify   | verify, data                                | generate (when self-samples)   | pool with `correct` |
 | score    | score, prompt format, model load            | base, verify                   | pool with scores |
-| select   | select                                      | score (when a score is read), else verify | a training set, or a teacher ranking |
+| select   | select                                      | score (when a score is read), else verify | a training set |
+| rank     | rank                                        | score                          | a teacher ranking |
 | train    | loss, train, trainer, strategy, prompt      | base, select                   | fine-tuned checkpoint |
 | rl       | rl, data, trainer devices, strategy, model load | train when asked, else base | GRPO policy checkpoint |
 | evaluate | eval, data, prompt format, model load       | base (train, rl when asked)    | metrics per benchmark |
@@ -19,115 +23,103 @@ in the list. `report` is the final table and needs nothing of its own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
-STAGES = ("base", "generate", "verify", "score", "select", "train", "rl", "evaluate", "report")
+from reasonft.pipeline.stage import Facts, Stage
 
-# The prompt format: how a problem becomes the text the student sees, and how a response ends.
-PROMPT = ("data.prompt_suffix", "data.chat_template", "data.system_prompt", "data.response_end")
-# Config paths each stage's key hashes (resolved values), besides the model identity and the
-# keys of the stages it reads. Every other config path is output-only for that stage.
-STAGE_CONFIG: dict[str, tuple[str, ...]] = {
-    "base": ("model.build",),
-    "generate": ("generate", "data"),
-    "verify": ("verify", "data"),
-    "score": ("score", *PROMPT),
-    "select": ("select",),
-    "train": ("loss", "train", "trainer", "strategy", *PROMPT),
-    "rl": ("rl", "data", "trainer.devices", "trainer.num_nodes", "trainer.accelerator", "strategy"),
-    "evaluate": ("eval", "data"),
-}
-# Read by a stage but never part of what it produces: where it writes, how it logs, and where a
-# resumed fit finds its checkpoint.
-OUTPUT_ONLY = (
-    "train.ckpt_path", "rl.resume", "trainer.default_root_dir", "logger", "callbacks", "paths"
-)
+REPORT = "report"
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The stages a run builds, in dependency order, and the edges that depend on components."""
+    """The stages a run builds, in dependency order, and the facts that decided its edges."""
 
     requested: tuple[str, ...]
-    stages: tuple[str, ...]
-    self_samples: bool          # the student's own samples join the verify pool
-    select_reads_scores: bool   # select reads the scored pool (else the verified one)
-    evaluate_trained: bool      # evaluate the fine-tuned student (train is part of the run)
-    score_columns: tuple[str, ...] = field(default=())  # columns the score stage must produce
-    evaluate_rl: bool = False   # evaluate the RL policy (rl is part of the run)
+    stages: tuple[str, ...]  # ends with `report` when asked for
+    facts: Facts
+    notes: tuple[str, ...] = ()
 
     def describe(self) -> str:
         arrows = " -> ".join(self.stages)
-        extra = []
-        if "verify" in self.stages:
-            extra.append("self-samples in the pool" if self.self_samples else "teacher pool only")
-        if "evaluate" in self.stages:
-            extra.append(
-                "evaluate base" + (" + trained" if self.evaluate_trained else "")
-                + (" + rl" if self.evaluate_rl else "")
-            )
-        return arrows + (f"  ({'; '.join(extra)})" if extra else "")
+        return arrows + (f"  ({'; '.join(self.notes)})" if self.notes else "")
 
 
 def make_plan(
     requested: list[str] | tuple[str, ...],
+    stages: Mapping[str, Stage],
     *,
     has_build: bool,
-    self_samples: bool,
-    score_columns: tuple[str, ...],
-    is_ranking: bool,
 ) -> Plan:
     """Resolve `requested` outputs into the stages that build them.
 
-    has_build: the model config builds its base student (the toy world) instead of naming a path.
-    self_samples: the selector reads records of source `self`.
-    score_columns: score columns the selector needs (empty: it reads the verified pool).
-    is_ranking: the selector ranks teachers and selects no training set.
+    Each stage's demands (self-samples, score columns) change its upstream's needs, so the closure
+    is taken again until the demands of the stages in it stop growing.
     """
-    unknown = [s for s in requested if s not in STAGES]
+    names = [*stages, REPORT]
+    unknown = [s for s in requested if s not in names]
     if unknown:
-        raise ValueError(f"stages={list(requested)}: unknown {unknown}; choose from {list(STAGES)}")
-    if is_ranking and "train" in requested:
-        raise ValueError(
-            "stages: select=teacher_rank ranks teachers and selects no training set, so `train` "
-            "cannot run; ask for stages=[select,report] (the ranking is printed and written to "
-            "results.md), or choose another select= option"
+        raise ValueError(f"stages={list(requested)}: unknown {unknown}; choose from {names}")
+    asked = tuple(str(s) for s in requested)
+    facts = Facts(requested=asked, has_build=has_build)
+    while True:
+        wanted = _closure([s for s in asked if s != REPORT], stages, facts)
+        demands = [stages[s].demands() for s in wanted]
+        grown = replace(
+            facts,
+            self_samples=any(d.self_samples for d in demands),
+            score_columns=tuple(sorted({c for d in demands for c in d.score_columns})),
         )
-    needs: dict[str, list[str]] = {
-        "base": [],
-        "generate": ["base"],
-        "verify": ["generate"] if self_samples else [],
-        "score": ["base", "verify"],
-        "select": ["score" if score_columns else "verify"],
-        "train": ["base", "select"],
-        # GRPO from the fine-tuned student when train is asked for, else from the base student.
-        "rl": ["base", "train"] if "train" in requested else ["base"],
-        "evaluate": ["base"] + [s for s in ("train", "rl") if s in requested],
-        "report": [],
-    }
+        if grown == facts:
+            break
+        facts = grown
+    if not has_build:
+        wanted.discard("base")  # a named checkpoint: nothing to build
+    order = _ordered(wanted, stages, facts)
+    notes = tuple(n for s in order if (n := stages[s].describe(facts)))
+    return Plan(
+        requested=asked,
+        stages=(*order, REPORT) if REPORT in asked else order,
+        facts=facts,
+        notes=notes,
+    )
+
+
+def _closure(requested: list[str], stages: Mapping[str, Stage], facts: Facts) -> set[str]:
     wanted: set[str] = set()
 
     def add(stage: str) -> None:
         if stage in wanted:
             return
         wanted.add(stage)
-        for upstream in needs[stage]:
+        for upstream in stages[stage].needs(facts):
+            if upstream not in stages:
+                raise ValueError(
+                    f"pipeline.{stage} needs stage {upstream!r}, which the pipeline config does "
+                    f"not define; defined: {list(stages)}"
+                )
             add(upstream)
 
     for stage in requested:
         add(stage)
-    if not has_build:
-        wanted.discard("base")  # a named checkpoint: nothing to build
-    return Plan(
-        requested=tuple(requested),
-        stages=tuple(s for s in STAGES if s in wanted),
-        self_samples=self_samples,
-        select_reads_scores=bool(score_columns),
-        evaluate_trained="evaluate" in wanted and "train" in wanted,
-        evaluate_rl="evaluate" in wanted and "rl" in wanted,
-        score_columns=tuple(score_columns),
-    )
+    return wanted
+
+
+def _ordered(wanted: set[str], stages: Mapping[str, Stage], facts: Facts) -> tuple[str, ...]:
+    """Dependency order; among stages ready together, the pipeline config's order."""
+    order: list[str] = []
+    rest = [s for s in stages if s in wanted]
+    while rest:
+        ready = next(
+            (s for s in rest if all(u in order or u not in wanted for u in stages[s].needs(facts))),
+            None,
+        )
+        if ready is None:
+            raise ValueError(f"pipeline: the stages {rest} need each other (a cycle)")
+        order.append(ready)
+        rest.remove(ready)
+    return tuple(order)
 
 
 def select_path(config: dict[str, Any], path: str) -> Any:

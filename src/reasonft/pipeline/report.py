@@ -184,7 +184,7 @@ def write_final_report(
     if skipped:
         md += [f"- {line}" for line in skipped] + [""]
     for art, summary in summaries:
-        ranking = ranking_markdown(summary) if art.stage == "select" else []
+        ranking = ranking_markdown(summary) if art.stage == "rank" else []
         if ranking:
             for line in ranking:
                 console.print(escape(line))

@@ -1,4 +1,5 @@
-"""Start-up: build and check every component a run needs before its first stage runs.
+"""Start-up: bind every stage to its config slice, resolve the plan, and build and check every
+component the planned stages need, before the first stage runs.
 
 A wrong option, a wrongly typed value, a missing optional dependency or an impossible size
 stops here, in seconds, with the config key's name — not after generation and scoring have run.
@@ -6,61 +7,35 @@ stops here, in seconds, with the config key's name — not after generation and 
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from reasonft.data.prompts import PromptFormat
-from reasonft.data.records import SCORE_COLUMNS
-from reasonft.models.gguf import is_gguf
 from reasonft.pipeline.bounds import check_bounds
 from reasonft.pipeline.cache_dir import check_cache_dir
-from reasonft.pipeline.plan import Plan, make_plan
-from reasonft.selection.teacher_rank import TeacherRanker
+from reasonft.pipeline.components import build
+from reasonft.pipeline.plan import Plan, make_plan, select_path
+from reasonft.pipeline.stage import Stage
+from reasonft.stages.base_student import builds_base
 from reasonft.sweep import check_launch
-from reasonft.training.strategies import check_strategy
-from reasonft.training.train import check_train_config
 
 log = logging.getLogger(__name__)
-GGUF_STUDENT = "reasonft.models.gguf.GGUFStudent"
 
 
 @dataclass
-class Components:
-    """What the stages call, each built from its own config node."""
+class Started:
+    """The run's stage objects (bound to their config slices and configured), its plan, and what
+    every stage shares: the data source and the prompt format."""
 
     plan: Plan
+    stages: dict[str, Stage]
     source: Any
     prompt_format: PromptFormat
-    builder: Any = None
-    generator: Any = None
-    verifier: Any = None
-    scorer: Any = None
-    selector: Any = None
-    loss: Any = None
-    evaluator: Any = None
-    rl: Any = None
-    rl_world_size: int = 1
-
-
-def build(key: str, node: Any, **kwargs: Any) -> Any:
-    """`instantiate(node, **kwargs)`, an error naming the config key when it fails."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as err:
-        raise ValueError(f"{key}: {err}") from err
-    except (TypeError, ValueError) as err:
-        raise type(err)(f"{key}: {err}") from err
-
-
-def required_scores(selector: Any) -> tuple[str, ...]:
-    """The score columns a selector reads (empty: it reads the verified pool as it is)."""
-    return tuple(c for c in SCORE_COLUMNS if c in selector.requires)
 
 
 def check_model_path(path: Any) -> None:
@@ -112,83 +87,68 @@ def check_settings_fit_model(cfg: DictConfig, stages: set[str]) -> None:
     )
 
 
-def check_importable(cfg: DictConfig, group: str) -> None:
-    """Each `_target_` of a mapping group (logger, callbacks) imports, without building it (a
-    logger creates files and runs when built)."""
-    for name, node in (cfg.get(group) or {}).items():
-        if node and "_target_" in node:
-            try:
-                get_class(node._target_)
-            except Exception as err:
-                raise ValueError(f"{group}.{name}._target_={node._target_!r}: {err}") from err
+def stage_objects(cfg: DictConfig) -> dict[str, Stage]:
+    """The stages the `pipeline` config group lists, in its order, each instantiated and checked."""
+    stages: dict[str, Stage] = {}
+    for name, node in (cfg.get("pipeline") or {}).items():
+        if node is None:  # `pipeline.<name>=null` removes a stage
+            continue
+        stage = build(f"pipeline.{name}", node)
+        if not isinstance(stage, Stage):
+            raise TypeError(f"pipeline.{name}: {type(stage).__name__} is not a reasonft Stage")
+        if stage.name != name:
+            raise ValueError(f"pipeline.{name}: its class names itself {stage.name!r}")
+        stages[name] = stage
+    if not stages:
+        raise ValueError("pipeline: no stage is configured")
+    return stages
 
 
-def start(cfg: DictConfig) -> Components:
-    """Build the components `cfg.stages` needs and resolve the stage plan; raise on any error."""
-    requested = [str(s) for s in cfg.stages]
+def start(cfg: DictConfig) -> Started:
+    """Bind each stage to its config slice, resolve the plan, build and check every component
+    the planned stages need; raise on any error."""
     check_bounds(cfg)
     check_cache_dir(cfg.get("paths"))
-    source = build("data.source", cfg.data.source)
-    selector = None
-    if {"select", "train"} & set(requested):  # the only outputs that read a selection
-        selector = build("select", cfg.select)
-    gguf_file = cfg.model.get("build") is None and is_gguf(cfg.model.get("path"))
-    plan = make_plan(
-        requested,
-        has_build=cfg.model.get("build") is not None or gguf_file,
-        self_samples=selector is not None and selector.reads_self_samples,
-        score_columns=required_scores(selector) if selector is not None else (),
-        is_ranking=isinstance(selector, TeacherRanker),
+    config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[assignment]
+    stages = stage_objects(cfg)
+    for stage in stages.values():
+        stage.bind(config_slice(config, (*stage.reads, *stage.unhashed)))
+    plan = make_plan([str(s) for s in cfg.stages], stages, has_build=builds_base(cfg.model))
+    started = Started(
+        plan=plan,
+        stages=stages,
+        source=build("data.source", cfg.data.source),
+        prompt_format=PromptFormat.from_config(cfg.data),
     )
-    parts = Components(
-        plan=plan, source=source, prompt_format=PromptFormat.from_config(cfg.data), selector=selector
-    )
-    stages = set(plan.stages)
-    if stages & {"generate", "score", "train", "rl", "evaluate"}:  # the stages that load the model
-        check_settings_fit_model(cfg, stages)
-    if gguf_file:  # converted once by the base stage, then a local checkpoint like any other
-        parts.builder = build("model.path", {"_target_": GGUF_STUDENT, "file": cfg.model.path})
-    elif "base" in stages:
-        parts.builder = build("model.build", cfg.model.build)
-    elif stages & {"generate", "score", "train", "rl", "evaluate"}:
-        check_model_path(cfg.model.path)
-    if "generate" in stages:
-        parts.generator = build("generate", cfg.generate)
-    if "verify" in stages:
-        parts.verifier = build("verify", cfg.verify)
-    if "score" in stages:
-        parts.scorer = _scorer_for(cfg, plan, parts.prompt_format)
-    if "train" in stages:
-        parts.loss = build("loss", cfg.loss)
-        check_strategy(cfg.get("strategy"))
-        check_train_config(cfg, parts.loss)
-        check_importable(cfg, "logger")
-        check_importable(cfg, "callbacks")
-    if "evaluate" in stages:
-        parts.evaluator = build("eval", cfg.eval)
-    if "rl" in stages:
-        _check_rl(cfg, parts)
+    planned = [s for s in plan.stages if s in stages]
+    if any(stages[s].loads_model for s in planned):
+        check_settings_fit_model(cfg, set(planned))
+        if "base" not in planned:
+            check_model_path(cfg.model.path)
+    for name in planned:
+        stages[name].configure(started, plan.facts)
     check_launch(cfg)
-    return parts
+    return started
 
 
-def _check_rl(cfg: DictConfig, parts: Components) -> None:
-    """The GRPO recipe builds, and this machine and launch can run it (reasonft.rl)."""
-    import torch
+def config_slice(config: dict[str, Any], paths: tuple[str, ...]) -> DictConfig:
+    """The resolved values at `paths`, nested as in the whole config (absent paths left out)."""
+    out: dict[str, Any] = {}
+    for path in paths:
+        parts = path.split(".")
+        if not _present(config, parts):
+            continue
+        into = out
+        for head in parts[:-1]:
+            into = into.setdefault(head, {})
+        into[parts[-1]] = copy.deepcopy(select_path(config, path))
+    return OmegaConf.create(out)
 
-    from reasonft.rl.launch import check_rl_launch
 
-    parts.rl = build("rl", cfg.rl)
-    parts.rl_world_size = check_rl_launch(cfg)
-    parts.rl.check_machine(
-        parts.rl_world_size, torch.cuda.is_available(), cfg.trainer.get("accelerator")
-    )
-    check_importable(cfg, "logger")
-
-
-def _scorer_for(cfg: DictConfig, plan: Plan, prompt_format: PromptFormat) -> Any:
-    """The configured scorer, widened to produce every score column the selector reads."""
-    scorer = build("score", cfg.score, prompt_format=prompt_format.as_dict())
-    if not set(plan.score_columns) <= scorer.produces:
-        scorer = scorer.with_columns(plan.score_columns)
-    return scorer
+def _present(config: dict[str, Any], parts: list[str]) -> bool:
+    node: Any = config
+    for part in parts:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True

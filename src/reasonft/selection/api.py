@@ -65,13 +65,7 @@ def select_with_report(
     records: datasets.Dataset | list[dict[str, Any]], strategy: str, **params: Any
 ) -> Selection:
     """Run a selection strategy; the `Selection` holds the selected Dataset and the report."""
-    selector = build_selector(strategy, **params)
-    if isinstance(selector, TeacherRanker):
-        raise TypeError(
-            f"select[{strategy}] ranks teachers and selects no records; "
-            f"use reasonft.selection.api.rank_teachers(records, ...)"
-        )
-    return selector(as_dataset(records))
+    return build_selector(strategy, **params)(as_dataset(records))
 
 
 def select(records: datasets.Dataset | list[dict[str, Any]], strategy: str, **params: Any) -> Any:
@@ -85,6 +79,8 @@ def select(records: datasets.Dataset | list[dict[str, Any]], strategy: str, **pa
 def rank_teachers(
     records: datasets.Dataset | list[dict[str, Any]], **params: Any
 ) -> TeacherRanking:
-    """Rank the teachers in `records` with conf/select/teacher_rank.yaml overridden by `params`."""
-    ranker = build_selector("teacher_rank", **params)
+    """Rank the teachers in `records` with conf/rank/teacher.yaml overridden by `params`."""
+    cfg = compose_option("rank", "teacher", seed=int(params.get("seed", 42)))
+    _check_keys(cfg, params, "rank[teacher] (conf/rank/teacher.yaml)")
+    ranker: TeacherRanker = hydra.utils.instantiate(OmegaConf.merge(cfg, params), _convert_="all")
     return ranker(as_dataset(records))

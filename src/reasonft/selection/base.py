@@ -84,25 +84,28 @@ def _all_null(ds: datasets.Dataset, column: str) -> bool:
     return bool(ds.select_columns([column]).to_pandas()[column].isna().all())
 
 
-def check_required_columns(ds: datasets.Dataset, requires: Iterable[str], strategy: str) -> None:
-    """Stop, naming the option to change, when a required column is missing or all null."""
+def check_required_columns(
+    ds: datasets.Dataset, requires: Iterable[str], strategy: str, group: str = "select"
+) -> None:
+    """Stop, naming the option to change (`<group>=<strategy>`), when a required column is
+    missing or all null."""
     for column in sorted(set(requires)):
         if column in ds.column_names and (len(ds) == 0 or not _all_null(ds, column)):
             continue
         state = "lacks" if column not in ds.column_names else "has only nulls in"
         if column == "correct":
             raise MissingColumn(
-                f"select={strategy} needs column correct, which the records {state}; run the "
-                "verify stage before select (stages: [..., verify, score, select, ...])"
+                f"{group}={strategy} needs column correct, which the records {state}; run the "
+                f"verify stage before {group} (stages: [..., verify, score, {group}, ...])"
             )
         option = SCORE_OPTION.get(column)
         if option is None:
             raise MissingColumn(
-                f"select={strategy} needs column {column}, which the records {state}; "
+                f"{group}={strategy} needs column {column}, which the records {state}; "
                 f"they carry {ds.column_names}"
             )
         raise MissingColumn(
-            f"select={strategy} needs column {column}; the score stage produced "
+            f"{group}={strategy} needs column {column}; the score stage produced "
             f"{produced_score_columns(ds)}; choose {option} or score.method=all"
         )
 

@@ -14,8 +14,8 @@ Choices made here:
   `rank_stability` is the share of resamples whose teacher order equals the point-estimate order.
 
 The ranker selects no records: it returns a `TeacherRanking` (table + report) that `write(out_dir)`
-saves as JSON, Markdown and a bar plot. In the pipeline it is the `select=teacher_rank` option of
-the select group; its artifact is the ranking, and the chosen teacher is then fed to
+saves as JSON, Markdown and a bar plot. In the pipeline it is the `rank` stage (`stages=[rank,report]`,
+configured by `rank=teacher`); its artifact is the ranking, and the chosen teacher is then fed to
 `select=single_teacher select.teacher=<name>` (or used to restrict `sources` of another selector).
 """
 
@@ -121,7 +121,7 @@ class TeacherRanking:
 class TeacherRanker:
     """Rank teachers (record `source`) by mean LALP, with GALP side by side and bootstrap CIs."""
 
-    name = "teacher_rank"
+    name = "teacher"  # rank=teacher
 
     def __init__(
         self,
@@ -137,14 +137,14 @@ class TeacherRanker:
     ) -> None:
         if int(n_prompts) < 1 or int(n_bootstrap) < 1:
             raise ValueError(
-                f"teacher_rank: n_prompts and n_bootstrap must be >= 1, got {n_prompts}, {n_bootstrap}"
+                f"rank=teacher: n_prompts and n_bootstrap must be >= 1, got {n_prompts}, {n_bootstrap}"
             )
         if not 0.0 < float(confidence) < 1.0:
-            raise ValueError(f"teacher_rank: confidence must be in (0, 1), got {confidence}")
+            raise ValueError(f"rank=teacher: confidence must be in (0, 1), got {confidence}")
         self.metrics = as_names(metrics) or []
         if not self.metrics:
             raise ValueError(
-                "teacher_rank: `metrics` must name at least one score column, e.g. [lalp, galp]"
+                "rank=teacher: `metrics` must name at least one score column, e.g. [lalp, galp]"
             )
         self.n_prompts = int(n_prompts)
         self.n_bootstrap = int(n_bootstrap)
@@ -166,8 +166,8 @@ class TeacherRanker:
 
     def __call__(self, ds: datasets.Dataset | list[dict[str, Any]]) -> TeacherRanking:
         ds = as_dataset(ds)
-        stage = f"select[{self.name}]"
-        check_required_columns(ds, self.requires, self.name)
+        stage = f"rank[{self.name}]"
+        check_required_columns(ds, self.requires, self.name, group="rank")
         frame = read_frame(ds, [*self.metrics, *(["correct"] if self.only_correct else [])], stage)
         skipped: dict[str, int] = {}
         keep = filter_pool(
