@@ -182,6 +182,13 @@ def test_toy_lalp_data_option_extends_toy():
     assert set(counts.values()) == {cfg.data.source.n_train}
 
 
+def test_lalp_rank_preset_runs_the_rank_stage():
+    cfg = compose_preset("experiment=toy_lalp_rank")
+    assert list(cfg.data.source.teachers) == ["terse", "verbose", "ritual", "leap", "mixed"]
+    assert cfg.rank._target_ == "reasonft.selection.teacher_rank.TeacherRanker"
+    assert list(cfg.stages) == ["rank", "report"] and cfg.score.method == "lalp"
+
+
 @pytest.mark.parametrize(
     ("preset", "target"),
     [
@@ -192,13 +199,6 @@ def test_toy_lalp_data_option_extends_toy():
         ("toy_lalp_teacher", "simple.SingleTeacherSelector"),
     ],
 )
-def test_lalp_rank_preset_runs_the_rank_stage():
-    cfg = compose_preset("experiment=toy_lalp_rank")
-    assert list(cfg.data.source.teachers) == ["terse", "verbose", "ritual", "leap", "mixed"]
-    assert cfg.rank._target_ == "reasonft.selection.teacher_rank.TeacherRanker"
-    assert list(cfg.stages) == ["rank", "report"] and cfg.score.method == "lalp"
-
-
 def test_lalp_presets_choose_options(preset, target):
     cfg = compose_preset(f"experiment={preset}")
     assert list(cfg.data.source.teachers) == ["terse", "verbose", "ritual", "leap", "mixed"]

@@ -30,7 +30,7 @@ from reasonft.pipeline.plan import REPORT, select_path
 from reasonft.pipeline.predict_ranks import PredictRanks, predict_ranks
 from reasonft.pipeline.report import write_final_report
 from reasonft.pipeline.stage import KeyParts, Stage, StageInputs
-from reasonft.pipeline.startup import start
+from reasonft.pipeline.startup import config_slice, start
 from reasonft.sweep import is_rank_zero_process
 from reasonft.wandb_artifacts import log_eval_table, log_objective, wandb_session
 
@@ -148,7 +148,7 @@ class Pipeline:
     @cached_property
     def predict_ranks(self) -> PredictRanks | None:
         """Where `generate` and `score` predict; None: in this process only."""
-        return predict_ranks(self.cfg)
+        return predict_ranks(config_slice(self.config, ("trainer", "strategy")))
 
     @contextmanager
     def shards(self, stage: str) -> Iterator[Path]:

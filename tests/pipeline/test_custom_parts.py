@@ -1,0 +1,112 @@
+"""A new stage and a new selector, each written here and nowhere else, run by `run.py` through
+overrides alone: the pipeline package knows neither of them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, ClassVar
+
+import datasets
+import numpy as np
+
+from reasonft.config import PROJECT_ROOT
+from reasonft.io import write_json
+from reasonft.pipeline.stage import Facts, Stage, StageInputs
+from reasonft.selection.base import Selection, Selector
+
+HERE = "tests.pipeline.test_custom_parts"
+TINY_TOY = [
+    "data.source.n_train=24", "data.source.n_test=6", "data.source.max_ops=2", "verify.workers=1",
+    "logger=none", "callbacks.progress_bar=null",
+]
+
+
+class CorrectBySource(Stage):
+    """How many verified-correct responses each teacher wrote."""
+
+    name = "correct_by_source"
+    reads: ClassVar[tuple[str, ...]] = ("verify.answer_rule",)
+
+    def needs(self, facts: Facts) -> tuple[str, ...]:
+        return ("verify",)
+
+    def produce(self, inputs: StageInputs, out_dir: Path) -> dict[str, Any]:
+        pool = inputs.records_of("verify")
+        counts = Counter(s for s, ok in zip(pool["source"], pool["correct"], strict=True) if ok)
+        write_json(dict(counts), out_dir / "correct_by_source.json")
+        return {"sources": len(counts), "correct": sum(counts.values())}
+
+
+class EveryOtherCorrect(Selector):
+    """Every second verified-correct record, in pool order."""
+
+    name = "every_other"
+
+    def __call__(self, ds: datasets.Dataset) -> Selection:
+        _, keep, skipped = self.filtered(ds)
+        return self.finish(ds, np.flatnonzero(keep)[::2], {"skipped": skipped})
+
+
+def _run(tmp_path: Path, *overrides: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "run.py", *TINY_TOY, f"paths.output_dir={tmp_path}/run",
+         f"paths.cache_dir={tmp_path}/cache", *overrides],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((tmp_path / "run" / "results.json").read_text())
+
+
+def test_a_stage_from_a_test_file_runs_from_run_py(tmp_path):
+    results = _run(
+        tmp_path, f"+pipeline.correct_by_source._target_={HERE}.CorrectBySource",
+        "stages=[correct_by_source,report]",
+    )
+    assert results["plan"] == ["verify", "correct_by_source", "report"]
+    (key,) = [k for k in results["stages"] if k.startswith("correct_by_source:")]
+    entry = results["stages"][key]
+    counts = json.loads((Path(entry["path"]) / "correct_by_source.json").read_text())
+    assert entry["report"] == {"sources": len(counts), "correct": sum(counts.values())} and counts
+    (verify,) = [v for k, v in results["stages"].items() if k.startswith("verify:")]
+    assert counts == {s: c["correct"] for s, c in verify["report"]["by_source"].items() if c["correct"]}
+    # The same command reuses its artifact.
+    again = _run(
+        tmp_path, f"+pipeline.correct_by_source._target_={HERE}.CorrectBySource",
+        "stages=[correct_by_source,report]",
+    )
+    assert again["stages"][key]["reused"]
+
+
+def test_a_selector_from_a_test_file_runs_from_run_py(tmp_path):
+    results = _run(
+        tmp_path, "select=all", f"select._target_={HERE}.EveryOtherCorrect",
+        "stages=[select,report]",
+    )
+    assert results["plan"] == ["verify", "select", "report"]
+    (select,) = [v for k, v in results["stages"].items() if k.startswith("select:")]
+    (verify,) = [v for k, v in results["stages"].items() if k.startswith("verify:")]
+    correct = verify["report"]["status"]["correct"]
+    assert select["report"]["n_selected"] == (correct + 1) // 2 > 0
+
+
+def test_a_stage_that_loads_no_model_never_asks_for_its_identity(tmp_path):
+    """Before: `model=hf` with no path and `stages=[verify,report]` ended in a TypeError inside
+    `path_identity(None)`, though verify never loads a model."""
+    from hydra import compose, initialize_config_dir
+
+    from reasonft.config import CONF_DIR
+    from reasonft.pipeline.runner import Pipeline
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "model=hf", "model.path=null", "data=toy_real", "stages=[verify,report]",
+            f"paths.output_dir={tmp_path}/run", f"paths.cache_dir={tmp_path}/cache", *TINY_TOY,
+        ])
+    pipeline = Pipeline(cfg)
+    assert list(pipeline.keys()) == ["verify"]
+    pipeline.run()
+    assert [a.stage for a in pipeline.artifacts] == ["verify"]
