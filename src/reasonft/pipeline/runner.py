@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from reasonft.data.prompts import PromptFormat
 from reasonft.io import remove_path
@@ -50,9 +50,8 @@ OUTPUT_ONLY = (
 class Pipeline:
     def __init__(self, cfg: DictConfig, wandb_run: Any = None) -> None:
         self.cfg = cfg
-        # Plain, resolved values: what keys hash.
-        self.config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[assignment]
         started = start(cfg)
+        self.config = started.config  # plain, resolved values: what keys hash
         self.plan = started.plan
         self.stages: dict[str, Stage] = started.stages
         self.source = started.source

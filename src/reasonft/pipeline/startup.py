@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from reasonft.data.prompts import PromptFormat
 from reasonft.pipeline.bounds import check_bounds
@@ -32,6 +32,7 @@ class Started:
     """The run's stage objects (bound to their config slices and configured), its plan, and what
     every stage shares: the data source and the prompt format."""
 
+    config: dict[str, Any]  # the run's config, resolved to plain values (without `hydra`)
     plan: Plan
     stages: dict[str, Stage]
     source: Any
@@ -109,12 +110,13 @@ def start(cfg: DictConfig) -> Started:
     the planned stages need; raise on any error."""
     check_bounds(cfg)
     check_cache_dir(cfg.get("paths"))
-    config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[assignment]
+    config = resolved(cfg)
     stages = stage_objects(cfg)
     for stage in stages.values():
         stage.bind(config_slice(config, (*stage.reads, *stage.unhashed)))
     plan = make_plan([str(s) for s in cfg.stages], stages, has_build=builds_base(cfg.model))
     started = Started(
+        config=config,
         plan=plan,
         stages=stages,
         source=build("data.source", cfg.data.source),
@@ -129,6 +131,15 @@ def start(cfg: DictConfig) -> Started:
         stages[name].configure(started, plan.facts)
     check_launch(cfg)
     return started
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config as plain, resolved values; Hydra's own node (present when composed with
+    `return_hydra_config`) is left out: its sweep paths resolve only inside a running job."""
+    node = cfg.copy()
+    with open_dict(node):
+        node.pop("hydra", None)
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)  # type: ignore[return-value]
 
 
 def config_slice(config: dict[str, Any], paths: tuple[str, ...]) -> DictConfig:
