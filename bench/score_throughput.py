@@ -168,7 +168,7 @@ def throughput(args: argparse.Namespace) -> None:
         f"window tokens ({window_tokens / n_resp:.2f}x the response), banded LALP 1.00x"
     )
     runs = {
-        name: (lambda s=scorer, col=column: s.score(records, model, tokenizer)[col])
+        name: (lambda s=scorer, col=column: s(records, model, tokenizer)[0][col])
         for name, scorer, column in (
             ("galp", scorers["galp"], "galp"),
             ("lalp", scorers["lalp"], "lalp"),
@@ -180,7 +180,7 @@ def throughput(args: argparse.Namespace) -> None:
     unknown = sorted(set(names) - set(runs))
     if unknown or "galp" not in names:
         raise SystemExit(f"--methods {args.methods}: choose among {list(runs)}, galp included")
-    timed(lambda: scorers["galp"].score(records[:1], model, tokenizer))  # warm-up
+    timed(lambda: scorers["galp"](records[:1], model, tokenizer))  # warm-up
     walls, cpus = [], []
     for r in range(args.rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
@@ -248,7 +248,7 @@ def memory_probe(args: argparse.Namespace) -> None:
             batch_tokens=args.batch_tokens,
             chunk_tokens=args.chunk_tokens,
             progress=False,
-        ).score(records, model, tokenizer)
+        )(records, model, tokenizer)[0]
         extra = {}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"peak_rise_mb": (peak - before) / 1024, **extra}))

@@ -312,7 +312,7 @@ class Pipeline:
                 from reasonft.generation.predict import generate_with_trainer
 
                 shards = self._shards("generate")
-                samples = generate_with_trainer(
+                samples, _ = generate_with_trainer(
                     problems, model, tok, generator, ranks.trainer_kwargs(), shards,
                     prompt_format=self.prompt_format,
                 )
@@ -369,10 +369,9 @@ class Pipeline:
                 from reasonft.scoring.predict import score_with_trainer
 
                 shards = self._shards("score")
-                scored = score_with_trainer(
+                scored, report = score_with_trainer(
                     pool, model, tok, scorer, ranks.trainer_kwargs(), shards
                 )
-                report = {**scorer.report, "processes": ranks.world_size}
                 self._remove_shards(shards)
             if not len(scored):
                 raise RuntimeError(f"score: no record left after scoring; its report: {report}")

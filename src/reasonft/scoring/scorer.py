@@ -46,22 +46,14 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.text import Text
-from transformers import DynamicCache
 
 from reasonft.data.prompts import PromptFormat
 from reasonft.data.records import SCORE_COLUMNS, as_dataset, require_columns
-from reasonft.scoring import scores
+from reasonft.scoring import averages
 from reasonft.scoring.banded import banded_token_logprobs, check_positions
-from reasonft.scoring.batching import length_sorted_batches, pad_right
-from reasonft.scoring.lalp import (
-    PromptContext,
-    WindowSpec,
-    check_window,
-    context_from_cache,
-    local_token_logprobs,
-    window_size,
-)
-from reasonft.scoring.logprobs import logprobs_at
+from reasonft.scoring.batching import length_sorted_batches
+from reasonft.scoring.galp import global_token_logprobs
+from reasonft.scoring.lalp import WindowSpec, check_window, local_token_logprobs, window_size
 from reasonft.scoring.steps import StepSplitter, as_splitter
 from reasonft.scoring.token_steps import ScoringExample, ensure_scored_token, token_step_ids
 
@@ -69,7 +61,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("ppl", "galp", "lalp", "all")
 # float64: PPL = exp(-GALP), means in float64; official_bf16: the official PPL script's
-# rounding of the per-token loss, its sum and its mean to bfloat16 (scores.ppl_official_bf16).
+# rounding of the per-token loss, its sum and its mean to bfloat16 (averages.ppl_official_bf16).
 PPL_NUMERICS = ("float64", "official_bf16")
 OVERLENGTH = ("truncate", "drop", "error")
 LALP_PASSES = ("exact", "banded")
@@ -86,50 +78,6 @@ OUTPUT_FEATURES = {
     CONDITIONING_COLUMN: datasets.Value("string"),
 }
 ENCODE_BLOCK = 2048  # records tokenised (and length-sorted) together
-
-
-def global_token_logprobs(
-    model: torch.nn.Module,
-    examples: Sequence[ScoringExample],
-    chunk_tokens: int = 1024,
-    keep_context: bool = False,
-) -> tuple[list[np.ndarray], PromptContext | None]:
-    """log p(y_t | x, y_<t) for every response token (NaN where nothing precedes it).
-
-    One right-padded pass over prompt + response; only response positions are projected to the
-    vocabulary. With `keep_context` the pass's cache over the prompts is returned too, for LALP.
-    """
-    device = next(model.parameters()).device
-    ids, att = pad_right([np.concatenate([ex.prompt_ids, ex.response_ids]) for ex in examples])
-    out = model.base_model(
-        input_ids=ids.to(device),
-        attention_mask=att.to(device),
-        past_key_values=DynamicCache(config=model.config) if keep_context else None,
-        use_cache=keep_context,
-    )
-    hidden = out.last_hidden_state
-    width = ids.shape[1]
-    source, targets, sizes, first_scored = [], [], [], []
-    for b, ex in enumerate(examples):
-        p, t = len(ex.prompt_ids), len(ex.response_ids)
-        first = 0 if p > 0 else 1
-        at = np.arange(p + first, p + t)
-        source.append(b * width + at - 1)
-        targets.append(ids[b, at].numpy())
-        sizes.append(len(at))
-        first_scored.append(first)
-    logp = logprobs_at(hidden, model, source, targets, chunk_tokens)
-    result, offset = [], 0
-    for ex, n, first in zip(examples, sizes, first_scored):
-        token_logps = np.full(len(ex.response_ids), np.nan, dtype=np.float32)
-        token_logps[first:] = logp[offset : offset + n]
-        result.append(token_logps)
-        offset += n
-    context = None
-    if keep_context:
-        lengths = torch.tensor([len(ex.prompt_ids) for ex in examples], dtype=torch.long)
-        context = context_from_cache(out.past_key_values, hidden, lengths)
-    return result, context
 
 
 @contextmanager
@@ -221,7 +169,6 @@ class Scorer:
         self.progress = progress
         self.lalp_pass = lalp_pass
         self.band_positions = band_positions
-        self.report: dict[str, Any] = {}
 
     @property
     def needs_global(self) -> bool:
@@ -261,7 +208,6 @@ class Scorer:
         needs_local = self.needs_local or bool(wanted & set(LOCAL_COLUMNS))
         widened = copy.copy(self)
         widened.method = "all" if needs_global and needs_local else ("lalp" if needs_local else "galp")
-        widened.report = {}
         return widened
 
     def resolve_max_length(self, model: torch.nn.Module) -> int:
@@ -481,30 +427,24 @@ class Scorer:
             "overlength": overlength,
         }
         if global_lp is not None:
-            result["galp"] = scores.galp(global_lp)
+            result["galp"] = averages.galp(global_lp)
             result["ppl"] = (
-                scores.ppl_official_bf16(global_lp)
+                averages.ppl_official_bf16(global_lp)
                 if self.ppl_numerics == "official_bf16"
-                else scores.ppl_from_galp(result["galp"])
+                else averages.ppl_from_galp(result["galp"])
             )
         if local_lp is not None:
-            result["step_logps"] = scores.step_means(local_lp, ex.token_step, ex.n_steps)
-            result["lalp"] = scores.lalp(result["step_logps"])
+            result["step_logps"] = averages.step_means(local_lp, ex.token_step, ex.n_steps)
+            result["lalp"] = averages.lalp(result["step_logps"])
         return result
-
-    def score(
-        self, ds: datasets.Dataset | list[dict[str, Any]], model: torch.nn.Module, tokenizer: Any
-    ) -> datasets.Dataset:
-        """Score every record; returns the records with the score columns added (same order,
-        less any record dropped for its length); the counts are left in `self.report`."""
-        return self(ds, model, tokenizer)[0]
 
     def __call__(
         self, ds: datasets.Dataset | list[dict[str, Any]], model: torch.nn.Module, tokenizer: Any
     ) -> tuple[datasets.Dataset, dict[str, Any]]:
-        """Score every record; returns (scored records, report)."""
+        """Score every record; returns (the records with the score columns added, same order,
+        less any record dropped for its length; the run's report)."""
         ds = as_dataset(ds)
-        limit = self.resolve_max_length(model)
+        self.resolve_max_length(model)
         self.check_records(ds)
         results: list[dict[str, Any]] = []
         columns = [
@@ -523,7 +463,16 @@ class Scorer:
                 results.extend(self.score_batch(batch, model))
                 tokens += sum(len(ex.response_ids) for ex in batch)
                 bar.update(task, advance=len(batch), tokens=tokens)
-        self.report = {
+        report = self.report(results, model, time.perf_counter() - started)
+        return attach_scores(ds, results), report
+
+    def report(
+        self, results: Sequence[dict[str, Any]], model: torch.nn.Module, seconds: float
+    ) -> dict[str, Any]:
+        """The stage report of a run's results (from one process or merged from every rank);
+        records longer than `max_length` are also said in a warning."""
+        limit = self.resolve_max_length(model)
+        report = {
             "method": self.method,
             **(
                 {"lalp_pass": self.lalp_pass, "window": self.window}
@@ -534,19 +483,19 @@ class Scorer:
             "max_length": limit,
             "overlength": self.overlength,
             **summarize(results),
-            "seconds": round(time.perf_counter() - started, 3),
+            "seconds": round(seconds, 3),
         }
-        if self.report["truncated"] or self.report["dropped"]:
+        if report["truncated"] or report["dropped"]:
             log.warning(
                 "score: records longer than score.max_length=%d prompt + response tokens: %d "
                 "truncated, %d dropped (score.overlength=%s; the longest response has %d tokens)",
                 limit,
-                self.report["truncated"],
-                self.report["dropped"],
+                report["truncated"],
+                report["dropped"],
                 self.overlength,
-                self.report["longest_response_tokens"],
+                report["longest_response_tokens"],
             )
-        return attach_scores(ds, results), dict(self.report)
+        return report
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> dict[str, int]:
