@@ -19,10 +19,12 @@ Window = int | float
 
 def token_logps(model: torch.nn.Module, context: list[int], tokens: list[int]) -> list[float]:
     """log p(tokens_t | context, tokens_<t) for each of `tokens` that has something before it."""
+    ids = context + tokens
     with torch.inference_mode():
-        logits = model(input_ids=torch.tensor([context + tokens])).logits[0]
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return [logp[len(context) + t - 1, y].item() for t, y in enumerate(tokens) if len(context) + t]
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+    first = max(len(context), 1)  # the first position with something before it
+    targets = torch.tensor(ids[first:])
+    return logp[first - 1 : len(ids) - 1].gather(-1, targets[:, None])[:, 0].tolist()
 
 
 def galp(model: torch.nn.Module, context: list[int], response: list[int]) -> float:

@@ -14,7 +14,7 @@ response length and `n_scored_tokens` the response tokens inside the scored wind
 (left out of the scored records) or an "error". Truncated and dropped records are counted in the
 report and a warning.
 
-Methods: "ppl" and "galp" run one full-prefix pass and fill `ppl` and `galp` (same pass);
+Methods: "ppl" and "galp" run one full-prefix pass (`scoring.galp`) and fill `ppl` and `galp` (same pass);
 "lalp" runs the windowed passes and fills `lalp` and `step_logps` (per-step local mean
 log-probs); "all" fills everything, reusing the full-prefix pass's prompt cache and its token
 log-probs for the steps whose window reaches back to the first step. Columns a method does not
@@ -22,7 +22,11 @@ compute hold null.
 
 How LALP is computed (`lalp_pass`): "exact" re-encodes every step's window (`scoring.lalp`);
 "banded" runs one masked pass over prompt + response (`scoring.banded`, an approximation at
-GALP's cost; `band_positions` picks its position ids). The report records which.
+GALP's cost; `band_positions` picks its position ids). The report records which. The numbers
+the engines must give are `scoring.reference`'s.
+
+Calling a Scorer returns (scored records, report); `report(results, ...)` is also what the
+multi-process path (`scoring.predict`) reports from every rank's merged results.
 """
 
 from __future__ import annotations
