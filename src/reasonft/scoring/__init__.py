@@ -9,6 +9,7 @@ else computes the same numbers fast, and the tests check it against `reference`:
   - `lalp`: exact LALP, every step's window re-encoded (packed, the prompt cached once);
   - `banded`: approximate LALP in one masked pass (`band_attention` skips what it masks);
 - `averages`: token log-probs to GALP, PPL, step means and LALP;
+- `columns`: the score columns, results attached to records, the report's counts;
 - `steps`, `token_steps`: responses cut into steps, tokens mapped to them;
 - `predict`: the Scorer over the ranks of `trainer.predict` (`reasonft.ranks`);
 - `api.score`: the notebook entry point, `reasonft.score(records, model, tokenizer, ...)`.

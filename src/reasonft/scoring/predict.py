@@ -22,7 +22,8 @@ import torch
 
 from reasonft.data.records import as_dataset
 from reasonft.ranks import predict_trainer, run_over_ranks
-from reasonft.scoring.scorer import Scorer, attach_scores
+from reasonft.scoring.columns import attach_scores
+from reasonft.scoring.scorer import Scorer
 from reasonft.scoring.token_steps import ScoringExample
 
 
