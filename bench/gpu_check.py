@@ -478,11 +478,11 @@ def step_score(ctx: Context, record: StepRecord) -> None:
         "dtype": "bfloat16",
     }
     for scorer, _ in scorers.values():  # warm-up: kernels, allocator
-        scorer.score(records[:1], model, tokenizer)
+        scorer(records[:1], model, tokenizer)
     for name, (scorer, column) in scorers.items():
         _reset_cuda_peak(ctx)
         began = time.perf_counter()
-        scores = scorer.score(records, model, tokenizer)[column]
+        scores = scorer(records, model, tokenizer)[0][column]
         seconds = time.perf_counter() - began
         if not all(isinstance(s, float) and math.isfinite(s) for s in scores):
             raise RuntimeError(f"{name}: non-finite or missing scores {scores[:4]}")

@@ -142,7 +142,7 @@ def main() -> None:
         scorer = instantiate(cfg.score, method="lalp", window=window,
                              prompt_format=prompt_format, progress=False, **kwargs)  # fmt: skip
         t = time.perf_counter()
-        return scorer.score(pool, model, tokenizer), time.perf_counter() - t
+        return scorer(pool, model, tokenizer)[0], time.perf_counter() - t
 
     for text in args.windows:
         exact, seconds_exact = scored(window_arg(text), lalp_pass="exact")

@@ -160,7 +160,7 @@ def score_windows(cfg: DictConfig, base_path: str, records: Any, windows: list[i
     for window in windows:
         scorer = instantiate(cfg.score, method="all", window=window, prompt_format=prompt_format,
                              progress=False)
-        out.append(scorer.score(records, model, tokenizer))
+        out.append(scorer(records, model, tokenizer)[0])
     return out
 
 

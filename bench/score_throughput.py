@@ -6,8 +6,10 @@ float32, scores a pool of multi-step responses (paragraph steps, with prompts):
 - galp: `Scorer(method="galp")`, one pass over prompt + response per record;
 - lalp: `Scorer(method="lalp", window=k)`, exact (every step re-encoded from its window start);
 - banded: `Scorer(method="lalp", window=k, lalp_pass="banded")`, one masked pass (approximate);
-- naive: for every step, one separate forward over prompt + window with full logits at every
-  position, log_softmax, gather (what an implementation without packing/caching does).
+- flattened: exact LALP with transformers' `DataCollatorWithFlattening` packing the window
+  passes (each with its own copy of the prompt) instead of `scoring.lalp`'s packing;
+- naive: `scoring.reference.lalp`, for every step one separate forward over prompt + window with
+  full logits at every position, log_softmax (what an implementation without packing/caching does).
 
 `--window` takes an integer k or a fraction f of the preceding steps (0.25). The layer-dominated
 shape (many layers, a narrow vocabulary: the transformer layers, which exact LALP runs once per
@@ -44,11 +46,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import DataCollatorWithFlattening
 
 from reasonft.data.prompts import build_prompt
 from reasonft.models.loading import random_student
 from reasonft.models.tokenizer import train_tokenizer
-from reasonft.scoring.lalp import WindowSpec, window_groups, window_size
+from reasonft.scoring import averages, reference
+from reasonft.scoring.batching import first_fit_decreasing
+from reasonft.scoring.lalp import WindowSpec, window_groups
+from reasonft.scoring.logprobs import logprobs_at
 from reasonft.scoring.scorer import Scorer
 
 VOCAB = 151_936
@@ -111,26 +117,65 @@ def count_window_tokens(examples: list[Any], window: WindowSpec) -> int:
 def naive_lalp(
     model: Any, tokenizer: Any, records: list[dict[str, Any]], window: WindowSpec
 ) -> list[float]:
-    """One separate forward per step window, logits at every position."""
+    """`scoring.reference.lalp`: one separate forward per step window, logits at every position."""
+    scorer = Scorer(method="lalp", window=window, progress=False)
+    return [
+        reference.lalp(
+            model,
+            ex.prompt_ids.tolist(),
+            [ex.response_ids[a:e].tolist() for a, e in ex.step_bounds()],
+            window,
+        )
+        for ex in scorer.encode(records, range(len(records)), tokenizer)
+    ]
+
+
+def flattened_lalp(
+    model: Any, tokenizer: Any, records: list[dict[str, Any]], window: WindowSpec,
+    batch_tokens: int, chunk_tokens: int,
+) -> list[float]:
+    """Exact LALP with transformers' `DataCollatorWithFlattening` instead of `scoring.lalp`'s own
+    packing: every window pass is its own sequence (prompt + window steps, so the prompt is
+    encoded again for each pass), flattened into rows with
+    position ids restarting per sequence (no cache, so transformers masks each sequence alone).
+    The collator makes one row per call, so rows are not batched."""
     scorer = Scorer(method="lalp", window=window, progress=False)
     examples = scorer.encode(records, range(len(records)), tokenizer)
-    lalps = []
-    with torch.inference_mode():
-        for ex in examples:
-            bounds = ex.step_bounds()
-            means = []
-            for i, (a, e) in enumerate(bounds):
-                start = bounds[i - window_size(i, window)][0]
-                seq = np.concatenate([ex.prompt_ids, ex.response_ids[start:e]])
-                logits = model(input_ids=torch.as_tensor(seq)[None]).logits[0]
-                logp = torch.log_softmax(logits.float(), dim=-1)
-                first = len(ex.prompt_ids) + a - start
-                targets = torch.as_tensor(seq[first:])
-                means.append(
-                    logp[first - 1 : len(seq) - 1].gather(-1, targets[:, None]).mean().item()
-                )
-            lalps.append(float(np.mean(means)))
-    return lalps
+    passes = []  # (example, sequence ids, position of the first scored token, its response index)
+    for b, ex in enumerate(examples):
+        bounds = ex.step_bounds()
+        for start, first, last in window_groups(len(bounds), window):
+            a, e = bounds[start][0], bounds[last][1]
+            seq = np.concatenate([ex.prompt_ids, ex.response_ids[a:e]])
+            passes.append((b, seq, len(ex.prompt_ids) + bounds[first][0] - a, bounds[first][0]))
+    token_logps = [np.full(len(ex.response_ids), np.nan) for ex in examples]
+    collate = DataCollatorWithFlattening(return_position_ids=True)
+    lengths = [len(p[1]) for p in passes]
+    # Rows as long as the longest pass, as `scoring.lalp` packs: on CPU a flattened row is
+    # attended with one dense mask over the whole row, so longer rows cost quadratically more.
+    for row in first_fit_decreasing(lengths, min(batch_tokens, max(lengths))):
+        batch = collate([{"input_ids": passes[i][1].tolist()} for i in row])
+        with torch.inference_mode():
+            hidden = model.base_model(
+                input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+            ).last_hidden_state[0]
+            offset, source, targets, where = 0, [], [], []
+            for i in row:
+                b, seq, at, first_token = passes[i]
+                pos = np.arange(max(at, 1), len(seq))
+                source.append(offset + pos - 1)
+                targets.append(seq[pos])
+                where.append((b, first_token + pos - at))
+                offset += len(seq)
+            logp = logprobs_at(hidden[None], model, source, targets, chunk_tokens)
+        done = 0
+        for b, tokens in where:
+            token_logps[b][tokens] = logp[done : done + len(tokens)]
+            done += len(tokens)
+    return [
+        averages.lalp(averages.step_means(lp, ex.token_step, ex.n_steps))
+        for lp, ex in zip(token_logps, examples)
+    ]
 
 
 def timed(fn) -> tuple[float, float, Any]:
@@ -168,7 +213,7 @@ def throughput(args: argparse.Namespace) -> None:
         f"window tokens ({window_tokens / n_resp:.2f}x the response), banded LALP 1.00x"
     )
     runs = {
-        name: (lambda s=scorer, col=column: s.score(records, model, tokenizer)[col])
+        name: (lambda s=scorer, col=column: s(records, model, tokenizer)[0][col])
         for name, scorer, column in (
             ("galp", scorers["galp"], "galp"),
             ("lalp", scorers["lalp"], "lalp"),
@@ -176,11 +221,14 @@ def throughput(args: argparse.Namespace) -> None:
         )
     }
     runs["naive"] = lambda: naive_lalp(model, tokenizer, records, args.window)
+    runs["flattened"] = lambda: flattened_lalp(
+        model, tokenizer, records, args.window, args.batch_tokens, args.chunk_tokens
+    )
     names = args.methods.split(",")
     unknown = sorted(set(names) - set(runs))
     if unknown or "galp" not in names:
         raise SystemExit(f"--methods {args.methods}: choose among {list(runs)}, galp included")
-    timed(lambda: scorers["galp"].score(records[:1], model, tokenizer))  # warm-up
+    timed(lambda: scorers["galp"](records[:1], model, tokenizer))  # warm-up
     walls, cpus = [], []
     for r in range(args.rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
@@ -192,6 +240,9 @@ def throughput(args: argparse.Namespace) -> None:
         line = f"round {r + 1} ({' -> '.join(order)}): wall " + " ".join(
             f"{n} {wall[n]:.2f}s" for n in names
         ) + " | cpu " + " ".join(f"{n} {cpu[n]:.2f}s" for n in names)
+        if "flattened" in values and "lalp" in values:
+            diff = np.max(np.abs(np.asarray(values["lalp"]) - np.asarray(values["flattened"])))
+            line += f" | max |lalp - flattened| {diff:.1e}"
         if "naive" in values and "lalp" in values:
             diff = np.max(np.abs(np.asarray(values["lalp"]) - np.asarray(values["naive"])))
             line += f" | max |lalp - naive| {diff:.1e}"
@@ -248,7 +299,7 @@ def memory_probe(args: argparse.Namespace) -> None:
             batch_tokens=args.batch_tokens,
             chunk_tokens=args.chunk_tokens,
             progress=False,
-        ).score(records, model, tokenizer)
+        )(records, model, tokenizer)[0]
         extra = {}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"peak_rise_mb": (peak - before) / 1024, **extra}))
@@ -300,7 +351,7 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         default="galp,lalp,naive",
-        help="comma-separated, galp first among galp, lalp, banded, naive",
+        help="comma-separated, galp first among galp, lalp, banded, flattened, naive",
     )
     parser.add_argument("--batch-tokens", type=int, default=8192)
     parser.add_argument("--chunk-tokens", type=int, default=1024)

@@ -79,7 +79,7 @@ def measure_on(model_path: str, records: Any, pipeline: Any) -> dict[str, float]
     model.eval()
     scorer = Scorer(method="galp", prompt_format=pipeline.prompt_format, progress=False)
     with torch.no_grad():
-        scored = scorer.score(records, model, tok)
+        scored = scorer(records, model, tok)[0]
         entropies, _ = response_entropies(model, tok, records, pipeline.prompt_format, progress=False)
     pairs = [e for e in entropies if e is not None]
     return {

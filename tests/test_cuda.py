@@ -125,8 +125,8 @@ def test_packed_training_on_cuda_gives_the_padded_loss_and_gradients(
 def test_scores_on_cuda_are_the_cpu_scores(tiny_model, tiny_tokenizer) -> None:
     records = _records([3, 12, 107, 5])
     scorer = Scorer(method="all", window=1, batch_tokens=64, chunk_tokens=5, progress=False)
-    on_cpu = scorer.score(records, tiny_model, tiny_tokenizer)
-    on_cuda = scorer.score(records, copy.deepcopy(tiny_model).cuda(), tiny_tokenizer)
+    on_cpu = scorer(records, tiny_model, tiny_tokenizer)[0]
+    on_cuda = scorer(records, copy.deepcopy(tiny_model).cuda(), tiny_tokenizer)[0]
     for column in ("galp", "lalp", "ppl"):
         torch.testing.assert_close(
             torch.tensor(on_cuda[column]), torch.tensor(on_cpu[column]), rtol=1e-4, atol=1e-5

@@ -51,6 +51,11 @@ def is_rank_zero_process() -> bool:
     `NODE_RANK`) set, and Slurm starts one task per rank with `SLURM_PROCID`; those processes
     run the whole pipeline again from the top. Only the process this returns True for should
     write stage artifacts or evaluate; the others should only join the training.
+
+    Not Lightning's rank utilities (`rank_zero_only.rank`, `lightning_fabric`'s `_get_rank`):
+    they read `RANK`, else `LOCAL_RANK`, and never `NODE_RANK`, so in the processes Lightning
+    re-launches on a second node (`LOCAL_RANK=0`, `NODE_RANK=1`, no `RANK`) they answer rank 0.
+    On one node both agree.
     """
     env = os.environ
     if "RANK" in env:  # torchrun and other launchers that set the global rank

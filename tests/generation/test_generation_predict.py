@@ -11,15 +11,10 @@ from omegaconf import OmegaConf
 from reasonft.data.prompts import PromptFormat
 from reasonft.data.records import as_dataset
 from reasonft.generation.hf import HFGenerator
-from reasonft.generation.predict import (
-    GenerationModule,
-    generate_with_trainer,
-    merge_shards,
-    rank_problems,
-    shard_path,
-)
+from reasonft.generation.predict import Sampling, generate_with_trainer, in_problem_order
 from reasonft.io import write_json
 from reasonft.pipeline.predict_ranks import predict_ranks
+from reasonft.ranks import merge_shards, rank_rows, shard_path
 
 PROBLEMS = [
     {"prompt_id": f"q{i}", "prompt": f"Compute {i} + {2 * i}.", "answer": str(3 * i)}
@@ -34,40 +29,37 @@ def _generator() -> HFGenerator:
 
 def test_predict_one_process_matches_generate(tiny_model, tiny_tokenizer, tmp_path):
     expected = _generator().generate(PROBLEMS, tiny_model, tiny_tokenizer, prompt_format=FORMAT)
-    got = generate_with_trainer(
+    got, report = generate_with_trainer(
         PROBLEMS, tiny_model, tiny_tokenizer, _generator(),
         {"accelerator": "cpu", "devices": 1}, tmp_path, prompt_format=FORMAT,
     )
     assert got.to_list() == expected.to_list()
+    assert report == {"samples": len(expected), "problems": len(PROBLEMS), "processes": 1}
 
 
 @pytest.mark.parametrize("world", [2, 3, 9])
 def test_shards_of_any_world_merge_to_one_process_records(tiny_model, tiny_tokenizer, tmp_path, world):
-    """Each rank's shard written as `GenerationModule` writes it (its rows sampled alone); the
-    merge must give the one-process records, in problem then sample order. With 9 ranks for 7
+    """Each rank's shard written as `RankModule` writes it (its rows sampled alone); the merge
+    must give the one-process records, in problem then sample order. With 9 ranks for 7
     problems two ranks hold no problem."""
     problems = as_dataset(PROBLEMS)
     expected = _generator().generate(problems, tiny_model, tiny_tokenizer, prompt_format=FORMAT)
-    module = GenerationModule(tiny_model, tiny_tokenizer, _generator(), problems, FORMAT, tmp_path)
+    work = Sampling(problems, _generator(), tiny_tokenizer, FORMAT)
     for rank in range(world):
         rows = list(range(rank, len(PROBLEMS), world))  # plain reference of the sharding
-        assert rank_problems(len(PROBLEMS), rank, world) == rows
-        records = []
-        if rows:
-            records = _generator().generate(
-                problems.select(rows), tiny_model, tiny_tokenizer, prompt_format=FORMAT
-            ).to_list()
-        shard = {"signature": module.signature, "rank": rank, "world_size": world,
-                 "rows": rows, "records": records}
-        write_json(shard, shard_path(tmp_path, rank, world))
-    merged = merge_shards(problems, _generator(), FORMAT, tmp_path, world)
+        assert rank_rows(len(PROBLEMS), rank, world) == rows
+        records = [r for batch in work.batches(rows) for r in work.run(batch, tiny_model)]
+        shard = {"signature": work.signature(), "rank": rank, "world_size": world,
+                 "rows": rows, "results": records}
+        write_json(shard, shard_path(tmp_path, "samples", rank, world))
+    merged = in_problem_order(problems, merge_shards(work, tmp_path, world))
     assert merged.to_list() == expected.to_list()
     # Shards of another generator setting (here: seed) are refused, not merged.
     other = HFGenerator(n=2, temperature=1.0, max_new_tokens=12, batch_size=3, seed=6, progress=False)
     with pytest.raises(ValueError, match="other problems or generator settings"):
-        merge_shards(problems, other, FORMAT, tmp_path, world)
+        merge_shards(Sampling(problems, other, tiny_tokenizer, FORMAT), tmp_path, world)
     with pytest.raises(FileNotFoundError, match="rank 0 wrote no samples"):
-        merge_shards(problems, _generator(), FORMAT, tmp_path / "absent", world)
+        merge_shards(work, tmp_path / "absent", world)
 
 
 def _cfg(**trainer):

@@ -17,8 +17,9 @@ from reasonft.scoring.banded import (
     row_band_starts,
     token_window_starts,
 )
+from reasonft.scoring.galp import global_token_logprobs
 from reasonft.scoring.lalp import local_token_logprobs
-from reasonft.scoring.scorer import Scorer, global_token_logprobs
+from reasonft.scoring.scorer import Scorer
 from reasonft.scoring.token_steps import ScoringExample
 
 RECORDS = [
@@ -196,7 +197,7 @@ def test_two_layers_differ_from_exact_lalp(tiny_model, tiny_tokenizer):
 
 
 def test_scorer_option_fills_lalp_from_the_banded_pass(tiny_model, tiny_tokenizer):
-    from reasonft.scoring import scores
+    from reasonft.scoring import averages
 
     examples = _examples(tiny_tokenizer, True, 0.25)
     with torch.no_grad():
@@ -206,13 +207,14 @@ def test_scorer_option_fills_lalp_from_the_banded_pass(tiny_model, tiny_tokenize
             method=method, window=0.25, lalp_pass="banded", band_positions="local",
             batch_tokens=64, progress=False,
         )  # fmt: skip
-        out = scorer.score(RECORDS, tiny_model, tiny_tokenizer).to_list()
+        scored, report = scorer(RECORDS, tiny_model, tiny_tokenizer)
+        out = scored.to_list()
         for row, ex, b in zip(out, examples, banded):
-            ref = scores.step_means(b, ex.token_step, ex.n_steps)
+            ref = averages.step_means(b, ex.token_step, ex.n_steps)
             np.testing.assert_allclose(row["step_logps"], ref, atol=1e-5, rtol=0)
             assert row["lalp"] == pytest.approx(np.mean(ref), abs=1e-5)
             assert (row["galp"] is not None) == (method == "all")
-        assert scorer.report["lalp_pass"] == "banded" and scorer.report["window"] == 0.25
+        assert report["lalp_pass"] == "banded" and report["window"] == 0.25
     widened = Scorer(method="lalp", lalp_pass="banded", progress=False).with_columns({"galp"})
     assert (widened.method, widened.lalp_pass) == ("all", "banded")
 
@@ -270,11 +272,11 @@ def test_shard_signature_tells_banded_from_exact():
     position choices)."""
     import datasets
 
-    from reasonft.scoring.predict import run_signature
+    from reasonft.scoring.predict import Scoring
 
     records = datasets.Dataset.from_list(RECORDS)
     signatures = {
-        run_signature(records, Scorer(method="lalp", progress=False, **kwargs))
+        Scoring(records, Scorer(method="lalp", progress=False, **kwargs), None).signature()
         for kwargs in (
             {},
             {"lalp_pass": "banded"},

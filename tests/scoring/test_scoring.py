@@ -1,4 +1,4 @@
-"""PPL, GALP and LALP against plain, slow reference computations written here."""
+"""PPL, GALP and LALP of the scorer against `scoring.reference`, the plain definitions."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from reasonft.data.prompts import IGNORE_INDEX, PromptFormat, build_prompt, encode_example
+from reasonft.scoring import reference
 from reasonft.scoring.api import score
+from reasonft.scoring.galp import global_token_logprobs
 from reasonft.scoring.lalp import local_token_logprobs
-from reasonft.scoring.scorer import Scorer, global_token_logprobs
+from reasonft.scoring.scorer import Scorer
 from reasonft.scoring.steps import FieldSteps, ParagraphSteps
 
 RECORDS = [
@@ -49,7 +51,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-# ------------------------------------------------------------------ plain references
+# ------------------------------------------------------- the records as the reference takes them
 def ref_prompt_ids(tok, record, condition):
     return (
         tok(build_prompt(record["prompt"], tok), add_special_tokens=False)["input_ids"]
@@ -58,30 +60,10 @@ def ref_prompt_ids(tok, record, condition):
     )
 
 
-def ref_window(i, window, rounding):
-    if isinstance(window, int):
-        return min(window, i)
-    exact = window * i
-    size = math.floor(exact + 1e-9) if rounding == "floor" else math.ceil(exact - 1e-9)
-    return min(i, size)
-
-
-_FORWARDS: dict = {}
-
-
-def ref_logsoftmax(model, seq):
-    """Full-vocabulary log-softmax of one plain forward pass (memoised: windows recur across tests)."""
-    key = (id(model), tuple(seq))
-    if key not in _FORWARDS:
-        with torch.no_grad():
-            _FORWARDS[key] = torch.log_softmax(
-                model(input_ids=torch.tensor([seq])).logits[0].double(), dim=-1
-            )
-    return _FORWARDS[key]
-
-
 def ref_step_logps(model, tok, record, window, rounding, condition, steps):
-    """One separate forward pass per step window, full logits, log_softmax."""
+    """`reference.local_lps` of the record's steps (text) as token ids: each token belongs to the
+    step its first character is in; without a prompt, a one-token step that nothing precedes is
+    merged into its neighbour (as the scorer documents)."""
     prompt = ref_prompt_ids(tok, record, condition)
     enc = tok(record["response"], add_special_tokens=False, return_offsets_mapping=True)
     starts = np.cumsum([0] + [len(s) for s in steps])
@@ -90,8 +72,8 @@ def ref_step_logps(model, tok, record, window, rounding, condition, steps):
     owner = [kept.index(o) for o in owner]
     n_steps = len(kept)
     i = 0
-    while not prompt and i < n_steps and n_steps > 1:  # documented merge of unscorable steps
-        if owner.count(i) == 1 and ref_window(i, window, rounding) == 0:
+    while not prompt and i < n_steps and n_steps > 1:
+        if owner.count(i) == 1 and reference.window_steps(i, window, rounding) == 0:
             owner = (
                 [o - 1 if o > i else o for o in owner]
                 if i + 1 < n_steps
@@ -100,27 +82,22 @@ def ref_step_logps(model, tok, record, window, rounding, condition, steps):
             n_steps -= 1
         else:
             i += 1
-    means = []
-    for i in range(n_steps):
-        lo = i - ref_window(i, window, rounding)
-        toks = [(t, s) for t, s in zip(enc["input_ids"], owner) if lo <= s <= i]
-        logp = ref_logsoftmax(model, prompt + [t for t, _ in toks])
-        vals = [
-            logp[len(prompt) + j - 1, t].item()
-            for j, (t, s) in enumerate(toks)
-            if s == i and len(prompt) + j >= 1
-        ]
-        means.append(sum(vals) / len(vals))
-    return means
+    token_steps = [[t for t, o in zip(enc["input_ids"], owner) if o == s] for s in range(n_steps)]
+    return reference.local_lps(model, prompt, token_steps, window, rounding)
 
 
-def ref_galp_from_hf_loss(model, tok, record, condition):
+def ref_galp(model, tok, record, condition):
+    response = tok(record["response"], add_special_tokens=False)["input_ids"]
+    return reference.galp(model, ref_prompt_ids(tok, record, condition), response)
+
+
+def hf_labels_loss(model, tok, record, condition):
     prompt = ref_prompt_ids(tok, record, condition)
     response = tok(record["response"], add_special_tokens=False)["input_ids"]
     ids = torch.tensor([prompt + response])
     labels = torch.tensor([[IGNORE_INDEX] * len(prompt) + response])
     with torch.no_grad():
-        return -model(input_ids=ids, labels=labels).loss.item()
+        return model(input_ids=ids, labels=labels).loss.item()
 
 
 # ------------------------------------------------------------------ LALP
@@ -159,12 +136,12 @@ def test_lalp_equals_one_pass_per_window(tiny_model, tiny_tokenizer, window, rou
             chunk_tokens=chunk_tokens,
             progress=False,
         )
-        out = scorer.score(RECORDS, tiny_model, tiny_tokenizer).to_list()
-        for row, ref in zip(out, refs):
+        out, report = scorer(RECORDS, tiny_model, tiny_tokenizer)
+        for row, ref in zip(out.to_list(), refs):
             assert len(row["step_logps"]) == len(ref)
             np.testing.assert_allclose(row["step_logps"], ref, atol=1e-5, rtol=0)
             assert row["lalp"] == pytest.approx(sum(ref) / len(ref), abs=1e-5)
-        assert scorer.report["unscorable"] == 0 and scorer.report["records"] == len(RECORDS)
+        assert report["unscorable"] == 0 and report["records"] == len(RECORDS)
 
 
 @pytest.mark.parametrize("condition", [True, False], ids=["prompt", "no-prompt"])
@@ -180,7 +157,7 @@ def test_lalp_with_window_covering_all_steps_has_galp_token_logprobs(
         np.testing.assert_array_equal(np.isnan(f), np.isnan(l))
         np.testing.assert_allclose(l, f, atol=1e-5, rtol=0)
     # ... so LALP is the mean of the per-step means of GALP's token log-probs.
-    out = scorer.score(RECORDS, tiny_model, tiny_tokenizer).to_list()
+    out = scorer(RECORDS, tiny_model, tiny_tokenizer)[0].to_list()
     for row, ex, f in zip(out, examples, full):
         step_means = [
             np.nanmean(f[ex.token_step == s].astype(np.float64)) for s in range(ex.n_steps)
@@ -213,8 +190,8 @@ def test_eager_attention_gives_the_same_lalp(tiny_model, tiny_tokenizer):
     eager = _tiny_eager(tiny_model)
     assert eager.config._attn_implementation == "eager"
     kwargs = {"method": "all", "window": 2, "batch_tokens": 64, "progress": False}
-    a = Scorer(**kwargs).score(RECORDS, eager, tiny_tokenizer).to_list()
-    b = Scorer(**kwargs).score(RECORDS, tiny_model, tiny_tokenizer).to_list()
+    a = Scorer(**kwargs)(RECORDS, eager, tiny_tokenizer)[0].to_list()
+    b = Scorer(**kwargs)(RECORDS, tiny_model, tiny_tokenizer)[0].to_list()
     ref = [
         ref_step_logps(
             tiny_model, tiny_tokenizer, r, 2, "ceil", True, ParagraphSteps()(r["response"], r)
@@ -228,7 +205,7 @@ def test_eager_attention_gives_the_same_lalp(tiny_model, tiny_tokenizer):
 
 # ------------------------------------------------------------------ GALP / PPL
 @pytest.mark.parametrize("condition", [True, False], ids=["prompt", "no-prompt"])
-def test_galp_equals_hf_labels_loss_and_ppl_is_exp_minus_galp(
+def test_galp_equals_reference_and_ppl_is_exp_minus_galp(
     tiny_model, tiny_tokenizer, condition
 ):
     scorer = Scorer(
@@ -238,12 +215,18 @@ def test_galp_equals_hf_labels_loss_and_ppl_is_exp_minus_galp(
         chunk_tokens=5,
         progress=False,
     )
-    out = scorer.score(RECORDS, tiny_model, tiny_tokenizer).to_list()
+    out = scorer(RECORDS, tiny_model, tiny_tokenizer)[0].to_list()
     for row, record in zip(out, RECORDS):
-        assert row["galp"] == pytest.approx(
-            ref_galp_from_hf_loss(tiny_model, tiny_tokenizer, record, condition), abs=1e-5
+        want = ref_galp(tiny_model, tiny_tokenizer, record, condition)
+        assert row["galp"] == pytest.approx(want, abs=1e-5)
+        # The reference is the negated mean cross-entropy that a causal LM's `labels=` gives.
+        assert want == pytest.approx(
+            -hf_labels_loss(tiny_model, tiny_tokenizer, record, condition), abs=1e-5
         )
         assert row["ppl"] == pytest.approx(math.exp(-row["galp"]), rel=1e-12)
+        response = tiny_tokenizer(record["response"], add_special_tokens=False)["input_ids"]
+        prompt = ref_prompt_ids(tiny_tokenizer, record, condition)
+        assert row["ppl"] == pytest.approx(reference.ppl(tiny_model, prompt, response), rel=1e-5)
         assert row["lalp"] is None and row["step_logps"] is None
         assert row["score_conditioning"] == ("prompt" if condition else "none")
         example = encode_example(
@@ -253,12 +236,12 @@ def test_galp_equals_hf_labels_loss_and_ppl_is_exp_minus_galp(
 
 
 def test_ppl_method_and_conditioning_switch(tiny_model, tiny_tokenizer):
-    with_prompt = Scorer(method="ppl", condition_on_prompt=True, progress=False).score(
+    with_prompt = Scorer(method="ppl", condition_on_prompt=True, progress=False)(
         RECORDS, tiny_model, tiny_tokenizer
-    )
-    alone = Scorer(method="ppl", condition_on_prompt=False, progress=False).score(
+    )[0]
+    alone = Scorer(method="ppl", condition_on_prompt=False, progress=False)(
         RECORDS, tiny_model, tiny_tokenizer
-    )
+    )[0]
     assert set(with_prompt["score_conditioning"]) == {"prompt"} and set(
         alone["score_conditioning"]
     ) == {"none"}
@@ -271,7 +254,7 @@ def test_ppl_method_and_conditioning_switch(tiny_model, tiny_tokenizer):
 
 def test_all_method_fills_every_column(tiny_model, tiny_tokenizer):
     ds = datasets.Dataset.from_list(RECORDS)
-    out = Scorer(method="all", window=2, progress=False).score(ds, tiny_model, tiny_tokenizer)
+    out = Scorer(method="all", window=2, progress=False)(ds, tiny_model, tiny_tokenizer)[0]
     assert out.column_names == ds.column_names + [
         "n_tokens",
         "n_scored_tokens",
@@ -281,8 +264,8 @@ def test_all_method_fills_every_column(tiny_model, tiny_tokenizer):
         "step_logps",
         "score_conditioning",
     ]
-    galp = Scorer(method="galp", progress=False).score(ds, tiny_model, tiny_tokenizer)
-    lalp = Scorer(method="lalp", window=2, progress=False).score(ds, tiny_model, tiny_tokenizer)
+    galp = Scorer(method="galp", progress=False)(ds, tiny_model, tiny_tokenizer)[0]
+    lalp = Scorer(method="lalp", window=2, progress=False)(ds, tiny_model, tiny_tokenizer)[0]
     np.testing.assert_allclose(out["galp"], galp["galp"], atol=1e-6)
     np.testing.assert_allclose(out["lalp"], lalp["lalp"], atol=1e-6)
     assert out["prompt_id"] == ds["prompt_id"]
@@ -320,35 +303,36 @@ def test_one_token_first_step_without_prompt_is_merged(tiny_model, tiny_tokenize
     scorer = Scorer(
         method="lalp", window=1, steps="field", condition_on_prompt=False, progress=False
     )
-    row = scorer.score([record], tiny_model, tiny_tokenizer).to_list()[0]
+    scored, report = scorer([record], tiny_model, tiny_tokenizer)
+    row = scored.to_list()[0]
     ref = ref_step_logps(
         tiny_model, tiny_tokenizer, record, 1, "ceil", False, ["7\n\nThen 7 * 2 = 14\n\n", "So 14"]
     )
     np.testing.assert_allclose(row["step_logps"], ref, atol=1e-5, rtol=0)
-    assert scorer.report["merged_steps"] == 1 and scorer.report["steps"] == 2
+    assert report["merged_steps"] == 1 and report["steps"] == 2
     # With the prompt, the one-token step is scored on its own.
     scorer = Scorer(
         method="lalp", window=1, steps=FieldSteps(), condition_on_prompt=True, progress=False
     )
-    assert len(scorer.score([record], tiny_model, tiny_tokenizer)["step_logps"][0]) == 3
+    assert len(scorer([record], tiny_model, tiny_tokenizer)[0]["step_logps"][0]) == 3
 
 
 def test_field_steps_error_names_the_row(tiny_model, tiny_tokenizer):
     bad = [RECORDS[0] | {"steps": [RECORDS[0]["response"]]}, RECORDS[1] | {"steps": ["First", "x"]}]
     with pytest.raises(ValueError, match=r"row 1.*prompt_id='b'.*concatenate"):
-        Scorer(method="lalp", steps="field", progress=False).score(bad, tiny_model, tiny_tokenizer)
+        Scorer(method="lalp", steps="field", progress=False)(bad, tiny_model, tiny_tokenizer)[0]
 
 
 def test_bad_records_and_settings_are_clear_errors(tiny_model, tiny_tokenizer):
-    scored = Scorer(method="galp", progress=False).score(RECORDS[:1], tiny_model, tiny_tokenizer)
+    scored = Scorer(method="galp", progress=False)(RECORDS[:1], tiny_model, tiny_tokenizer)[0]
     with pytest.raises(ValueError, match="already carry"):
-        Scorer(method="galp", progress=False).score(scored, tiny_model, tiny_tokenizer)
+        Scorer(method="galp", progress=False)(scored, tiny_model, tiny_tokenizer)[0]
     with pytest.raises(ValueError, match="response"):
-        Scorer(progress=False).score([{"prompt": "x"}], tiny_model, tiny_tokenizer)
+        Scorer(progress=False)([{"prompt": "x"}], tiny_model, tiny_tokenizer)[0]
     with pytest.raises(ValueError, match="empty prompt"):
-        Scorer(prompt_format=PromptFormat(chat_template=False), progress=False).score(
+        Scorer(prompt_format=PromptFormat(chat_template=False), progress=False)(
             [{"prompt": "", "response": "7"}], tiny_model, tiny_tokenizer
-        )
+        )[0]
     with pytest.raises(ValueError, match="score.method"):
         Scorer(method="local")
     with pytest.raises(ValueError, match="score.window"):

@@ -14,7 +14,8 @@ import torch
 
 from reasonft.data.records import as_dataset
 from reasonft.io import read_records, write_records
-from reasonft.scoring.predict import merge_shards, score_with_trainer, shard_path
+from reasonft.ranks import merge_shards, shard_path
+from reasonft.scoring.predict import Scoring, score_with_trainer
 from reasonft.scoring.scorer import Scorer
 
 RESPONSES = [
@@ -48,10 +49,12 @@ SCRIPT = textwrap.dedent(
     tokenizer, model = load_tokenizer(tok_dir), load_student(model_dir).eval()
     scorer = Scorer(**json.loads(scorer_kwargs))
     trainer = dict(accelerator="cpu", devices=2, strategy="ddp", enable_progress_bar=False)
-    scored = score_with_trainer(read_records(records), model, tokenizer, scorer, trainer, out_dir=shards)
+    scored, report = score_with_trainer(
+        read_records(records), model, tokenizer, scorer, trainer, out_dir=shards
+    )
     if scored.num_rows and __import__("os").environ.get("LOCAL_RANK", "0") == "0":
         write_records(scored, out)
-        write_json(scorer.report, out + ".report.json")
+        write_json(report, out + ".report.json")
     """
 )
 
@@ -77,19 +80,31 @@ def _assert_same_scores(got, expected):
 
 
 def test_predict_one_process_matches_scorer(tiny_model, tiny_tokenizer, tmp_path):
-    expected = Scorer(**SCORER).score(RECORDS, tiny_model, tiny_tokenizer).to_list()
+    expected, expected_report = Scorer(**SCORER)(RECORDS, tiny_model, tiny_tokenizer)
     scorer = Scorer(**SCORER)
-    got = score_with_trainer(
+    got, report = score_with_trainer(
         RECORDS, tiny_model, tiny_tokenizer, scorer, dict(TRAINER, devices=1), tmp_path
     )
-    _assert_same_scores(got.to_list(), expected)
-    assert (
-        scorer.report["records"] == len(RECORDS) and scorer.report["unscorable"] == 2
-    )  # rows 3 and 7 are empty
+    _assert_same_scores(got.to_list(), expected.to_list())
+    assert report["records"] == len(RECORDS) and report["unscorable"] == 2  # rows 3, 7 are empty
+    # The report one process gives, with the number of processes; the scorer carries none.
+    assert {k: v for k, v in report.items() if k not in ("seconds", "processes")} == {
+        k: v for k, v in expected_report.items() if k != "seconds"
+    }
+    assert report["processes"] == 1 and "report" not in vars(scorer)
     # A shard written for other settings is refused, not merged.
-    other = Scorer(**dict(SCORER, window=3))
+    other = Scoring(as_dataset(RECORDS), Scorer(**dict(SCORER, window=3)), tiny_tokenizer)
     with pytest.raises(ValueError, match="other records or scorer settings"):
-        merge_shards(as_dataset(RECORDS), other, tmp_path, 1)
+        merge_shards(other, tmp_path, 1)
+    # ... and so is a shard of another sharding (rows of rank 0 of 2 under the name of 1 of 1).
+    shard = json.loads(shard_path(tmp_path, "scores", 0, 1).read_text())
+    shard["rows"] = shard["rows"][::2]
+    shard_path(tmp_path, "scores", 0, 1).write_text(json.dumps(shard))
+    same = Scoring(as_dataset(RECORDS), Scorer(**SCORER), tiny_tokenizer)
+    with pytest.raises(ValueError, match="another sharding"):
+        merge_shards(same, tmp_path, 1)
+    with pytest.raises(FileNotFoundError, match="rank 0 wrote no scores"):
+        merge_shards(same, tmp_path / "absent", 1)
 
 
 @pytest.mark.distributed
@@ -124,11 +139,10 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_model, tiny_tokenizer, tmp
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    shards = [json.loads(shard_path(tmp_path / "shards", r, 2).read_text()) for r in range(2)]
+    shards = [json.loads(shard_path(tmp_path / "shards", "scores", r, 2).read_text()) for r in range(2)]
     rows = [sorted(r["index"] for r in s["results"]) for s in shards]
     assert rows == [list(range(0, 11, 2)), list(range(1, 11, 2))]  # each rank scored its own half
-    expected = Scorer(**SCORER).score(RECORDS, tiny_model, tiny_tokenizer).to_list()
+    expected = Scorer(**SCORER)(RECORDS, tiny_model, tiny_tokenizer)[0].to_list()
     _assert_same_scores(read_records(out).to_list(), expected)
-    assert json.loads((tmp_path / "scored.jsonl.report.json").read_text())["records"] == len(
-        RECORDS
-    )
+    report = json.loads((tmp_path / "scored.jsonl.report.json").read_text())
+    assert report["records"] == len(RECORDS) and report["processes"] == 2

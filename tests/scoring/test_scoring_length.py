@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from reasonft.data.prompts import build_prompt
+from reasonft.scoring import reference
 from reasonft.scoring.api import score
 from reasonft.scoring.scorer import Scorer
 
@@ -31,19 +32,13 @@ def one_thread():
 
 
 def naive_ppl_of_first_tokens(model, tok, record, max_length, condition_on_prompt):
-    """exp(-mean log p) of the response tokens among the first `max_length` tokens, from one
-    plain forward pass with full logits (the test's own reference)."""
+    """`reference.ppl` of the response tokens among the first `max_length` tokens."""
     prompt = []
     if condition_on_prompt:
         prompt = tok(build_prompt(record["prompt"], tok), add_special_tokens=False)["input_ids"]
     response = tok(record["response"], add_special_tokens=False)["input_ids"]
-    ids = (prompt + response)[:max_length]
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids])).logits[0].double()
-    logp = torch.log_softmax(logits, dim=-1)
-    first = max(len(prompt), 1)
-    lps = [logp[t - 1, ids[t]].item() for t in range(first, len(ids))]
-    return math.exp(-sum(lps) / len(lps)), len(response), len(ids) - len(prompt)
+    kept = response[: max_length - len(prompt)]
+    return reference.ppl(model, prompt, kept), len(response), len(kept)
 
 
 def test_long_response_is_truncated_to_the_models_positions(tiny_model, tiny_tokenizer):

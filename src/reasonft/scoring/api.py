@@ -47,5 +47,6 @@ def score(
         batch_tokens=batch_tokens,
         **scorer_kwargs,
     )
-    result = like_input(scorer.score(as_dataset(records), model, tokenizer), records)
-    return (result, scorer.report) if return_report else result
+    scored, report = scorer(as_dataset(records), model, tokenizer)
+    result = like_input(scored, records)
+    return (result, report) if return_report else result

@@ -14,7 +14,7 @@ response length and `n_scored_tokens` the response tokens inside the scored wind
 (left out of the scored records) or an "error". Truncated and dropped records are counted in the
 report and a warning.
 
-Methods: "ppl" and "galp" run one full-prefix pass and fill `ppl` and `galp` (same pass);
+Methods: "ppl" and "galp" run one full-prefix pass (`scoring.galp`) and fill `ppl` and `galp` (same pass);
 "lalp" runs the windowed passes and fills `lalp` and `step_logps` (per-step local mean
 log-probs); "all" fills everything, reusing the full-prefix pass's prompt cache and its token
 log-probs for the steps whose window reaches back to the first step. Columns a method does not
@@ -22,7 +22,11 @@ compute hold null.
 
 How LALP is computed (`lalp_pass`): "exact" re-encodes every step's window (`scoring.lalp`);
 "banded" runs one masked pass over prompt + response (`scoring.banded`, an approximation at
-GALP's cost; `band_positions` picks its position ids). The report records which.
+GALP's cost; `band_positions` picks its position ids). The report records which. The numbers
+the engines must give are `scoring.reference`'s.
+
+Calling a Scorer returns (scored records, report); `report(results, ...)` is also what the
+multi-process path (`scoring.predict`) reports from every rank's merged results.
 """
 
 from __future__ import annotations
@@ -46,22 +50,22 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.text import Text
-from transformers import DynamicCache
 
 from reasonft.data.prompts import PromptFormat
 from reasonft.data.records import SCORE_COLUMNS, as_dataset, require_columns
-from reasonft.scoring import scores
+from reasonft.scoring import averages
 from reasonft.scoring.banded import banded_token_logprobs, check_positions
-from reasonft.scoring.batching import length_sorted_batches, pad_right
-from reasonft.scoring.lalp import (
-    PromptContext,
-    WindowSpec,
-    check_window,
-    context_from_cache,
-    local_token_logprobs,
-    window_size,
+from reasonft.scoring.batching import length_sorted_batches
+from reasonft.scoring.columns import (
+    CONDITIONING_COLUMN,
+    GLOBAL_COLUMNS,
+    LOCAL_COLUMNS,
+    OUTPUT_FEATURES,
+    attach_scores,
+    summarize,
 )
-from reasonft.scoring.logprobs import logprobs_at
+from reasonft.scoring.galp import global_token_logprobs
+from reasonft.scoring.lalp import WindowSpec, check_window, local_token_logprobs, window_size
 from reasonft.scoring.steps import StepSplitter, as_splitter
 from reasonft.scoring.token_steps import ScoringExample, ensure_scored_token, token_step_ids
 
@@ -69,67 +73,11 @@ log = logging.getLogger(__name__)
 
 METHODS = ("ppl", "galp", "lalp", "all")
 # float64: PPL = exp(-GALP), means in float64; official_bf16: the official PPL script's
-# rounding of the per-token loss, its sum and its mean to bfloat16 (scores.ppl_official_bf16).
+# rounding of the per-token loss, its sum and its mean to bfloat16 (averages.ppl_official_bf16).
 PPL_NUMERICS = ("float64", "official_bf16")
 OVERLENGTH = ("truncate", "drop", "error")
 LALP_PASSES = ("exact", "banded")
-CONDITIONING_COLUMN = "score_conditioning"
-GLOBAL_COLUMNS = ("ppl", "galp")  # the full-prefix pass
-LOCAL_COLUMNS = ("lalp", "step_logps")  # the windowed passes
-OUTPUT_FEATURES = {
-    "n_tokens": datasets.Value("int64"),
-    "n_scored_tokens": datasets.Value("int64"),
-    "ppl": datasets.Value("float64"),
-    "galp": datasets.Value("float64"),
-    "lalp": datasets.Value("float64"),
-    "step_logps": datasets.List(datasets.Value("float64")),
-    CONDITIONING_COLUMN: datasets.Value("string"),
-}
 ENCODE_BLOCK = 2048  # records tokenised (and length-sorted) together
-
-
-def global_token_logprobs(
-    model: torch.nn.Module,
-    examples: Sequence[ScoringExample],
-    chunk_tokens: int = 1024,
-    keep_context: bool = False,
-) -> tuple[list[np.ndarray], PromptContext | None]:
-    """log p(y_t | x, y_<t) for every response token (NaN where nothing precedes it).
-
-    One right-padded pass over prompt + response; only response positions are projected to the
-    vocabulary. With `keep_context` the pass's cache over the prompts is returned too, for LALP.
-    """
-    device = next(model.parameters()).device
-    ids, att = pad_right([np.concatenate([ex.prompt_ids, ex.response_ids]) for ex in examples])
-    out = model.base_model(
-        input_ids=ids.to(device),
-        attention_mask=att.to(device),
-        past_key_values=DynamicCache(config=model.config) if keep_context else None,
-        use_cache=keep_context,
-    )
-    hidden = out.last_hidden_state
-    width = ids.shape[1]
-    source, targets, sizes, first_scored = [], [], [], []
-    for b, ex in enumerate(examples):
-        p, t = len(ex.prompt_ids), len(ex.response_ids)
-        first = 0 if p > 0 else 1
-        at = np.arange(p + first, p + t)
-        source.append(b * width + at - 1)
-        targets.append(ids[b, at].numpy())
-        sizes.append(len(at))
-        first_scored.append(first)
-    logp = logprobs_at(hidden, model, source, targets, chunk_tokens)
-    result, offset = [], 0
-    for ex, n, first in zip(examples, sizes, first_scored):
-        token_logps = np.full(len(ex.response_ids), np.nan, dtype=np.float32)
-        token_logps[first:] = logp[offset : offset + n]
-        result.append(token_logps)
-        offset += n
-    context = None
-    if keep_context:
-        lengths = torch.tensor([len(ex.prompt_ids) for ex in examples], dtype=torch.long)
-        context = context_from_cache(out.past_key_values, hidden, lengths)
-    return result, context
 
 
 @contextmanager
@@ -221,7 +169,6 @@ class Scorer:
         self.progress = progress
         self.lalp_pass = lalp_pass
         self.band_positions = band_positions
-        self.report: dict[str, Any] = {}
 
     @property
     def needs_global(self) -> bool:
@@ -261,7 +208,6 @@ class Scorer:
         needs_local = self.needs_local or bool(wanted & set(LOCAL_COLUMNS))
         widened = copy.copy(self)
         widened.method = "all" if needs_global and needs_local else ("lalp" if needs_local else "galp")
-        widened.report = {}
         return widened
 
     def resolve_max_length(self, model: torch.nn.Module) -> int:
@@ -481,30 +427,24 @@ class Scorer:
             "overlength": overlength,
         }
         if global_lp is not None:
-            result["galp"] = scores.galp(global_lp)
+            result["galp"] = averages.galp(global_lp)
             result["ppl"] = (
-                scores.ppl_official_bf16(global_lp)
+                averages.ppl_official_bf16(global_lp)
                 if self.ppl_numerics == "official_bf16"
-                else scores.ppl_from_galp(result["galp"])
+                else averages.ppl_from_galp(result["galp"])
             )
         if local_lp is not None:
-            result["step_logps"] = scores.step_means(local_lp, ex.token_step, ex.n_steps)
-            result["lalp"] = scores.lalp(result["step_logps"])
+            result["step_logps"] = averages.step_means(local_lp, ex.token_step, ex.n_steps)
+            result["lalp"] = averages.lalp(result["step_logps"])
         return result
-
-    def score(
-        self, ds: datasets.Dataset | list[dict[str, Any]], model: torch.nn.Module, tokenizer: Any
-    ) -> datasets.Dataset:
-        """Score every record; returns the records with the score columns added (same order,
-        less any record dropped for its length); the counts are left in `self.report`."""
-        return self(ds, model, tokenizer)[0]
 
     def __call__(
         self, ds: datasets.Dataset | list[dict[str, Any]], model: torch.nn.Module, tokenizer: Any
     ) -> tuple[datasets.Dataset, dict[str, Any]]:
-        """Score every record; returns (scored records, report)."""
+        """Score every record; returns (the records with the score columns added, same order,
+        less any record dropped for its length; the run's report)."""
         ds = as_dataset(ds)
-        limit = self.resolve_max_length(model)
+        self.resolve_max_length(model)
         self.check_records(ds)
         results: list[dict[str, Any]] = []
         columns = [
@@ -523,7 +463,16 @@ class Scorer:
                 results.extend(self.score_batch(batch, model))
                 tokens += sum(len(ex.response_ids) for ex in batch)
                 bar.update(task, advance=len(batch), tokens=tokens)
-        self.report = {
+        report = self.report(results, model, time.perf_counter() - started)
+        return attach_scores(ds, results), report
+
+    def report(
+        self, results: Sequence[dict[str, Any]], model: torch.nn.Module, seconds: float
+    ) -> dict[str, Any]:
+        """The stage report of a run's results (from one process or merged from every rank);
+        records longer than `max_length` are also said in a warning."""
+        limit = self.resolve_max_length(model)
+        report = {
             "method": self.method,
             **(
                 {"lalp_pass": self.lalp_pass, "window": self.window}
@@ -534,51 +483,16 @@ class Scorer:
             "max_length": limit,
             "overlength": self.overlength,
             **summarize(results),
-            "seconds": round(time.perf_counter() - started, 3),
+            "seconds": round(seconds, 3),
         }
-        if self.report["truncated"] or self.report["dropped"]:
+        if report["truncated"] or report["dropped"]:
             log.warning(
                 "score: records longer than score.max_length=%d prompt + response tokens: %d "
                 "truncated, %d dropped (score.overlength=%s; the longest response has %d tokens)",
                 limit,
-                self.report["truncated"],
-                self.report["dropped"],
+                report["truncated"],
+                report["dropped"],
                 self.overlength,
-                self.report["longest_response_tokens"],
+                report["longest_response_tokens"],
             )
-        return attach_scores(ds, results), dict(self.report)
-
-
-def summarize(results: Sequence[dict[str, Any]]) -> dict[str, int]:
-    """Counts for the stage report: nothing skipped goes unmentioned."""
-    return {
-        "truncated": sum(r.get("overlength") == "truncated" for r in results),
-        "dropped": sum(r.get("overlength") == "dropped" for r in results),
-        "longest_response_tokens": max((r["n_tokens"] for r in results), default=0),
-        "records": len(results),
-        "scored": sum(r["galp"] is not None or r["lalp"] is not None for r in results),
-        "unscorable": sum(
-            r["galp"] is None and r["lalp"] is None and r.get("overlength") != "dropped"
-            for r in results
-        ),
-        "response_tokens": sum(r["n_tokens"] for r in results),
-        "steps": sum(r["n_steps"] for r in results),
-        "merged_steps": sum(r["merged_steps"] for r in results),
-    }
-
-
-def attach_scores(ds: datasets.Dataset, results: Sequence[dict[str, Any]]) -> datasets.Dataset:
-    """Add the score columns to `ds` in its own row order (results may come in any order);
-    rows whose result is marked dropped (over-length) are left out."""
-    by_index = {r["index"]: r for r in results}
-    if sorted(by_index) != list(range(len(ds))) or len(results) != len(ds):
-        missing = sorted(set(range(len(ds))) - set(by_index))[:10]
-        raise ValueError(
-            f"score: {len(results)} results for {len(ds)} records (missing rows {missing}...)"
-        )
-    kept = [i for i in range(len(ds)) if by_index[i].get("overlength") != "dropped"]
-    if len(kept) < len(ds):
-        ds = ds.select(kept).flatten_indices()
-    for name, feature in OUTPUT_FEATURES.items():
-        ds = ds.add_column(name, [by_index[i].get(name) for i in kept], feature=feature)
-    return ds
+        return report

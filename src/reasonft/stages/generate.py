@@ -44,7 +44,7 @@ class Generate(Stage):
             from reasonft.generation.predict import generate_with_trainer
 
             with run.shards(self.name) as shards:
-                samples = generate_with_trainer(
+                samples, _ = generate_with_trainer(
                     problems, model, tok, self.generator, run.predict_ranks.trainer_kwargs(),
                     shards, prompt_format=run.prompt_format,
                 )

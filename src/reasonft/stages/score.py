@@ -51,10 +51,9 @@ class Score(Stage):
             from reasonft.scoring.predict import score_with_trainer
 
             with run.shards(self.name) as shards:
-                scored = score_with_trainer(
+                scored, report = score_with_trainer(
                     pool, model, tok, self.scorer, run.predict_ranks.trainer_kwargs(), shards
                 )
-            report = {**self.scorer.report, "processes": run.predict_ranks.world_size}
         if not len(scored):
             raise RuntimeError(f"score: no record left after scoring; its report: {report}")
         write_records(scored, out_dir / RECORDS)
