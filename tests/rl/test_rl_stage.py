@@ -32,7 +32,7 @@ def _compose(*overrides: str):
 def test_plan_starts_rl_from_the_trained_student_or_the_base_one(tmp_path):
     alone = Pipeline(_compose(f"paths.cache_dir={tmp_path}", "stages=[rl,evaluate,report]"))
     assert alone.plan.stages == ("base", "rl", "evaluate", "report")
-    assert (alone.plan.evaluate_trained, alone.plan.evaluate_rl) == (False, True)
+    assert [k for k in alone.keys() if k.startswith("evaluate")] == ["evaluate:base", "evaluate:rl"]
     after = Pipeline(_compose(f"paths.cache_dir={tmp_path}", "experiment=toy_oxa_full_rl"))
     assert after.plan.stages[-4:] == ("train", "rl", "evaluate", "report")
     assert list(after.keys())[-4:] == ["rl", "evaluate:base", "evaluate:trained", "evaluate:rl"]
@@ -166,7 +166,7 @@ def test_a_killed_rl_stage_resumes_from_its_last_checkpoint(tmp_path, monkeypatc
     # Uninterrupted: 3 steps.
     whole = Pipeline(cfg("whole", "stages=[rl,evaluate,report]"))
     whole.run()
-    report = whole.reinforced.meta()["summary"]
+    report = whole.built["rl"].meta()["summary"]
     assert (report["steps"], report["resumed_from"]) == (3, None)
     assert set(whole.results) == {"base", "rl"}  # evaluate reads the policy like any student
 
@@ -184,15 +184,15 @@ def test_a_killed_rl_stage_resumes_from_its_last_checkpoint(tmp_path, monkeypatc
     monkeypatch.setattr(MetricsHistory, "on_step_end", original)
     again = Pipeline(cfg("killed", "stages=[rl]"))
     again.run()
-    resumed = again.reinforced.meta()["summary"]
+    resumed = again.built["rl"].meta()["summary"]
     assert (resumed["steps"], resumed["resumed_from"]) == (3, "checkpoint-1")
     # The history holds each step once: step 1 from before the kill, 2 and 3 after it.
-    rows = [json.loads(x) for x in (again.reinforced.path / "history.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (again.built["rl"].path / "history.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "reward" in r] == [1, 2, 3]
     assert [r["step"] for r in rows if "val/pass@1" in r] == [0, 2, 3]
     # Resumed with the optimiser, scheduler and random state: the same policy as without the kill.
-    a = safetensors.torch.load_file(str(whole.reinforced.path / "model" / "model.safetensors"))
-    b = safetensors.torch.load_file(str(again.reinforced.path / "model" / "model.safetensors"))
+    a = safetensors.torch.load_file(str(whole.built["rl"].path / "model" / "model.safetensors"))
+    b = safetensors.torch.load_file(str(again.built["rl"].path / "model" / "model.safetensors"))
     assert a.keys() == b.keys()
     for name in a:
         assert (a[name] - b[name]).abs().max().item() < 1e-5, name
