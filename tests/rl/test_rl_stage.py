@@ -222,7 +222,7 @@ def test_the_policy_trains_in_float32_whatever_model_dtype(tmp_path, monkeypatch
                             *tiny, "model.dtype=bfloat16"))
     run.run()
     assert seen == [{torch.float32}]
-    saved = safetensors.torch.load_file(str(run.reinforced.path / "model" / "model.safetensors"))
+    saved = safetensors.torch.load_file(str(run.built["rl"].path / "model" / "model.safetensors"))
     assert {t.dtype for t in saved.values()} == {torch.float32}
     plain = Pipeline(_compose(f"paths.cache_dir={tmp_path}/cache", *tiny))
     assert "policy_dtype" in run.spec("rl")[0] and "policy_dtype" not in plain.spec("rl")[0]
