@@ -4,7 +4,8 @@ from conftest import BENCHMARKS, needs_shared
 
 from reasonft.data.loaders import load_records
 from reasonft.verify.extract import extract_answer
-from reasonft.verify.verifier import Verifier, is_correct
+from reasonft.verify.in_process import is_correct
+from reasonft.verify.verifier import Verifier
 
 
 def r1_response(answer: str) -> str:

@@ -28,7 +28,7 @@ from reasonft.rl.callbacks import MetricsHistory, PeriodicValidation
 from reasonft.rl.plots import plot_runs
 from reasonft.rl.recipe import GRPORecipe
 from reasonft.rl.reward import VerifierReward
-from reasonft.verify.verifier import STATUSES
+from reasonft.verify.report import STATUSES
 
 log = logging.getLogger(__name__)
 
