@@ -102,7 +102,7 @@ def run_grpo(
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOTrainer
 
-    from reasonft.generation.hf import stop_token_ids
+    from reasonft.generation.inputs import stop_token_ids
     from reasonft.training.train import save_student
 
     started = time.perf_counter()
