@@ -61,7 +61,7 @@ class Verifier:
             `</think>`, the whole response without one) or "official" (no `</think>` ->
             status "no_think", incorrect; the last `\\boxed{}` between the first `</think>` and
             the next).
-        start_method: "forkserver" (default, see the module doc), "spawn" or "fork".
+        start_method: "forkserver" (default, see reasonft.verify.pool), "spawn" or "fork".
         show_progress: draw a rich progress bar.
     """
 
