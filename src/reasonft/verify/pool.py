@@ -13,10 +13,11 @@ a forked child could find held forever. "spawn" also works (slower to replace a 
 
 Why not a library: pebble's `ProcessPool` (a task per comparison, `timeout=` per task) gives the
 same verdicts, counts and replacements, but measured side by side on this project's inputs
-(bench/verify_pool.py) it was no faster and in three ways worse: it costs about twice as much
-per item (its parent hands every task and result across three threads; 1.8x on `operator.eq`,
-up to 2.2x on math-verify with both cores busy), it notices an expired item only on its 0.1 s
-polling tick (1.1-1.3x on hangs cut at 1 s), and a worker that dies while no item runs breaks
+(bench/verify_pool.py, 2 cores, three runs) it was slower and in one way less robust: its
+parent hands every task and result across three threads, so it costs about twice as much per
+item (pebble/own 1.8-2.1x on `operator.eq`; 1.1-2.2x on math-verify's comparisons of MATH-500
+answers, the more the busier the cores); it notices an expired item only on its 0.1 s polling
+tick (1.1-1.3x on inputs of hangs cut at 1 s); and a worker that dies while no item runs breaks
 its pool for good ("Unexpected error within the Pool"), where the RL reward keeps one pool for a
 whole run. concurrent.futures' ProcessPoolExecutor cannot stop a running task at all.
 """
