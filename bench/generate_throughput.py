@@ -33,7 +33,8 @@ from transformers import GenerationConfig
 
 from reasonft.data.prompts import PromptFormat
 from reasonft.data.toy import ToyWorld
-from reasonft.generation.hf import HFGenerator, prompt_token_ids, stop_token_ids
+from reasonft.generation.hf import HFGenerator
+from reasonft.generation.inputs import prompt_token_ids, stop_token_ids
 from reasonft.models.loading import load_student, load_tokenizer, random_student
 from reasonft.models.tokenizer import save_tokenizer, train_tokenizer
 from reasonft.models.toy import ToyStudentBuilder

@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 __all__ = ["is_correct", "pass_at_k", "rank_teachers", "score", "select", "toy_student"]
 
 _API = {
-    "is_correct": "reasonft.verify.verifier",
+    "is_correct": "reasonft.verify.in_process",
     "pass_at_k": "reasonft.evaluation.passk",
     "score": "reasonft.scoring.api",
     "select": "reasonft.selection.api",

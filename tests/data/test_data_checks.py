@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from reasonft.data.fields import normalize_prompt_text
-from reasonft.data.loaders import PromptIdConflict, TooManyBadRecords, load_records
+from reasonft.data.loaders import load_records
+from reasonft.data.record_checks import PromptIdConflict, TooManyBadRecords
 from reasonft.data.source import FileSource, UnmatchedTeacherRecords
 
 FIELDS = {"prompt": "problem", "answer": "answer"}

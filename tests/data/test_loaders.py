@@ -11,8 +11,9 @@ from omegaconf import OmegaConf
 
 from reasonft.config import CONF_DIR, register_resolvers
 from reasonft.data.fields import FieldError, FieldPath, message_content, normalize_answer
-from reasonft.data.loaders import RecordError, load_records
+from reasonft.data.loaders import load_records
 from reasonft.data.prompts import OXA_SUFFIX
+from reasonft.data.record_checks import RecordError
 from reasonft.data.source import FileSource
 
 # The mapping of each real benchmark file onto the record schema (usable as-is in eval configs).

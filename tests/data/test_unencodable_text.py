@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from reasonft.data.loaders import RecordError, load_records
+from reasonft.data.loaders import load_records
+from reasonft.data.record_checks import RecordError
 
 FIELDS = {"prompt": "problem", "answer": "answer", "response": "generation", "steps": "steps"}
 

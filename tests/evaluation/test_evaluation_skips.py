@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import datasets
 import pytest
 
-from reasonft.data.loaders import TooManyBadRecords
+from reasonft.data.record_checks import TooManyBadRecords
 from reasonft.data.source import FileSource
 from reasonft.evaluation.evaluate import Evaluator
 from reasonft.evaluation.tables import RESULTS_MD

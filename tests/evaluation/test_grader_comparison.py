@@ -9,7 +9,8 @@ import pytest
 
 from reasonft.evaluation.evaluate import Evaluator
 from reasonft.evaluation.tables import markdown_table
-from reasonft.verify.verifier import OFFICIAL_VERIFY_FN, Verifier
+from reasonft.verify.graders import OFFICIAL_VERIFY_FN
+from reasonft.verify.verifier import Verifier
 
 PROBLEMS = [
     {"problem": "Compute 3 + 4.", "answer": "7"},

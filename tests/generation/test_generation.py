@@ -10,14 +10,9 @@ import pytest
 import torch
 
 from reasonft.data.prompts import build_prompt
-from reasonft.generation.hf import (
-    HFGenerator,
-    SeededSampler,
-    cut_at_stop,
-    gumbel_noise,
-    sample_seed,
-    stop_token_ids,
-)
+from reasonft.generation.hf import HFGenerator, SeededSampler, gumbel_noise
+from reasonft.generation.inputs import sample_seed, stop_token_ids
+from reasonft.generation.outputs import cut_at_stop
 
 PROBLEMS = [
     {"prompt_id": "a", "prompt": "Compute 3 + 4.", "answer": "7"},

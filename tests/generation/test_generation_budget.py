@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from reasonft.data.prompts import PromptFormat
-from reasonft.generation.hf import HFGenerator, gumbel_noise, sample_seed
+from reasonft.generation.hf import HFGenerator, gumbel_noise
+from reasonft.generation.inputs import sample_seed
 
 PROBLEMS = [
     {"prompt_id": "a", "prompt": "Compute 3 + 4.", "answer": "7"},

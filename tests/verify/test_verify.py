@@ -1,10 +1,14 @@
 
+import os
+import signal
+
 import pytest
 from conftest import BENCHMARKS, needs_shared
 
 from reasonft.data.loaders import load_records
 from reasonft.verify.extract import extract_answer
-from reasonft.verify.verifier import Verifier, is_correct
+from reasonft.verify.in_process import is_correct
+from reasonft.verify.verifier import Verifier
 
 
 def r1_response(answer: str) -> str:
@@ -213,3 +217,22 @@ def test_injected_c_level_hang_and_error_do_not_stop_the_stage():
     errors = [e for e in report["examples"] if e["status"] == "error"]
     assert [e["prompt_id"] for e in errors] == ["3"]
     assert "unterminated subpattern" in errors[0]["message"]
+
+
+def test_a_worker_killed_while_idle_is_replaced_and_the_kept_pool_grades_on():
+    # The RL reward keeps one pool for a whole run; a worker lost between two calls (the OOM
+    # killer, say) must not take the pool down (pebble's ProcessPool breaks for good there:
+    # bench/verify_pool.py, idle_death).
+    verifier = Verifier(timeout=5.0, workers=2, verify_fn="operator.eq", show_progress=False)
+    records = [{"response": f"\\boxed{{{i % 2}}}", "answer": "1"} for i in range(6)]
+    with verifier.kept_workers():
+        first, _ = verifier(records)
+        lost = verifier._kept.workers[0].process
+        os.kill(lost.pid, signal.SIGKILL)
+        lost.join(timeout=10)
+        second, report = verifier(records)
+        assert lost not in [w.process for w in verifier._kept.workers]
+    assert [r["verify_status"] for r in second] == [r["verify_status"] for r in first]
+    assert [r["verify_status"] for r in first] == ["incorrect", "correct"] * 3
+    assert report["workers_replaced"] == 1
+

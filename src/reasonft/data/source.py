@@ -23,14 +23,9 @@ import datasets
 from hydra.utils import to_absolute_path
 
 from reasonft.data.fields import PROMPT_TEXT_NORMALISATION, normalize_prompt_text
-from reasonft.data.loaders import (
-    LoadReport,
-    MaxBadRecords,
-    OnBadRecord,
-    PromptIdConflict,
-    check_max_bad_records,
-    load_records,
-)
+from reasonft.data.load_report import LoadReport
+from reasonft.data.loaders import OnBadRecord, load_records
+from reasonft.data.record_checks import MaxBadRecords, PromptIdConflict, check_max_bad_records
 
 log = logging.getLogger(__name__)
 

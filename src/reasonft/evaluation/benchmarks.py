@@ -20,7 +20,8 @@ import datasets
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from reasonft.data.fields import normalize_prompt_text
-from reasonft.data.loaders import TooManyBadRecords, check_max_bad_records, load_records
+from reasonft.data.loaders import load_records
+from reasonft.data.record_checks import TooManyBadRecords, check_max_bad_records
 from reasonft.data.records import ANSWER_ALTERNATIVES, as_dataset
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import torch
 
 from reasonft.data.prompts import PromptFormat
 from reasonft.data.records import as_dataset, require_columns
-from reasonft.generation.hf import throughput_progress
+from reasonft.generation.progress import throughput_progress
 from reasonft.scoring.batching import length_sorted_batches
 from reasonft.scoring.logprobs import token_logprobs
 

@@ -38,17 +38,16 @@ import datasets
 import torch
 
 from reasonft.data.prompts import PromptFormat
-from reasonft.generation.hf import (
+from reasonft.generation.inputs import (
     check_problems,
     check_sampling,
-    cut_at_stop,
     prompt_token_ids,
-    rate_text,
     response_budgets,
-    sample_records,
     sample_seed,
     stop_token_ids,
 )
+from reasonft.generation.outputs import cut_at_stop, sample_records
+from reasonft.generation.progress import rate_text
 
 log = logging.getLogger(__name__)
 

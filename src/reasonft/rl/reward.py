@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from reasonft.verify.verifier import STATUSES
+from reasonft.verify.report import STATUSES
 
 
 class VerifierReward:

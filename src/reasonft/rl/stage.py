@@ -28,7 +28,7 @@ from reasonft.rl.callbacks import MetricsHistory, PeriodicValidation
 from reasonft.rl.plots import plot_runs
 from reasonft.rl.recipe import GRPORecipe
 from reasonft.rl.reward import VerifierReward
-from reasonft.verify.verifier import STATUSES
+from reasonft.verify.report import STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def run_grpo(
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOTrainer
 
-    from reasonft.generation.hf import stop_token_ids
+    from reasonft.generation.inputs import stop_token_ids
     from reasonft.training.train import save_student
 
     started = time.perf_counter()
