@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 
 from reasonft.data.prompts import PromptFormat
-from reasonft.generation.hf import check_problems
+from reasonft.generation.inputs import check_problems
 from reasonft.ranks import predict_trainer, run_over_ranks
 
 
