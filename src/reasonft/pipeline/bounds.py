@@ -130,8 +130,6 @@ PATH_BOUNDS: dict[str, Bound] = {
     "seed": SEED,
     "train.seed": SEED,
     "train.micro_batch_size": POSITIVE_COUNT,
-    "train.ce_per_step": at_least(0),
-    "train.ul_per_step": at_least(0),
     "train.max_length": at_least(2),
     "train.chunk_tokens": POSITIVE_COUNT,
     "train.num_workers": at_least(0),
