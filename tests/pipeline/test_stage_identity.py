@@ -48,8 +48,8 @@ UPSTREAM = {
 # refuses get a valid other value instead, so that they are checked too.
 VALID_OTHER: dict[str, Any] = {
     "train.micro_batch_size": 4,
-    "train.ce_per_step": 16,
-    "train.ul_per_step": 16,
+    "train.per_step.ce": 16,
+    "train.per_step.ul": 16,
     "train.epoch_end": "shortest",
     "train.overlength": "truncate",
     "paths.artifacts_verify": "checksum",
