@@ -170,3 +170,15 @@ def test_start_up_names_the_key_of_a_kind_without_a_term_or_a_share(tmp_path):
     negative = compose_config(overrides(tmp_path, per_step="{ce:-2,ul:1,ce_weighted:1}"))
     with pytest.raises(ValueError, match=r"train.per_step.ce=-2 must be a non-negative integer"):
         check_train_config(negative, loss)
+
+
+def test_the_selections_kinds_are_checked_against_the_loss_and_the_shares(tmp_path):
+    """The default selection (OXA) yields `ce` and `ul` records; with loss=sft and no `ul` share
+    its UL records have neither a term nor a share, and start-up says which key to set."""
+    cfg = compose_config([f"paths.output_dir={tmp_path}"])
+    selector = instantiate(cfg.select)
+    assert selector.loss_types == ("ce", "ul")
+    check_train_config(cfg, instantiate(cfg.loss), record_kinds=selector.loss_types)
+    sft = compose_config([f"paths.output_dir={tmp_path}", "loss=sft", "~train.per_step.ul"])
+    with pytest.raises(ValueError, match=r"the selection yields `ul` records.*train.per_step.ul=0"):
+        check_train_config(sft, instantiate(sft.loss), record_kinds=selector.loss_types)

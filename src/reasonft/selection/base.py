@@ -154,6 +154,11 @@ class Selector(ABC):
             )
 
     @property
+    def loss_types(self) -> tuple[str, ...]:
+        """The record kinds its selection yields (start-up checks each has a loss term)."""
+        return (self.loss_type,)
+
+    @property
     def requires(self) -> frozenset[str]:
         """Columns the selection reads beyond prompt_id and source: its score columns, and
         `correct` when it filters on verification."""
