@@ -635,9 +635,10 @@ DDP_SCRIPT = textwrap.dedent(
     from pathlib import Path
     from omegaconf import OmegaConf
     tests_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
-    sys.path.insert(0, str(tests_dir))
+    sys.path[:0] = [str(tests_dir), str(tests_dir / "training")]
     from conftest import TINY_CORPUS
     from test_training import compose, make_records
+    from reasonft.config import CONF_DIR
     from reasonft.models.loading import random_student
     from reasonft.models.tokenizer import train_tokenizer
     from reasonft.training.train import train_student
@@ -648,7 +649,7 @@ DDP_SCRIPT = textwrap.dedent(
              "num_key_value_heads": 2, "max_position_embeddings": 512}
     model = random_student(shape, seed=0)
     cfg = compose(out, micro_batch_size=1, per_step={"ce": 5, "ul": 3}, max_length=128)
-    cfg.strategy = OmegaConf.load(tests_dir.parent / "conf" / "strategy" / "ddp.yaml")
+    cfg.strategy = OmegaConf.load(CONF_DIR / "strategy" / "ddp.yaml")
     cfg.trainer.devices = 2
     cfg.callbacks.pop("progress_bar")
     train_student(cfg, make_records(list(range(3, 19)), ul_every=3), model, tokenizer, out / "out")
