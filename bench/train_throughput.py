@@ -185,7 +185,7 @@ def run_reasonft(workdir: Path, run: TrainRun) -> dict[str, Any]:
         max_length=run.length,
         overlength="truncate",
         micro_batch_size=run.batch,
-        ce_per_step=run.batch,
+        per_step={"ce": run.batch},
         seed=0,
         loss_types=loss.loss_types,
     )

@@ -48,7 +48,6 @@ def _batch(tokenizer: Any, values: list[int]) -> dict[str, Any]:
         _records(values),
         tokenizer,
         micro_batch_size=len(values),
-        global_batch_size=len(values),
         loss_types=("ce", "ul"),
     )
     data.setup("fit")
@@ -230,7 +229,7 @@ def test_train_stage_on_cuda_keeps_fp32_master_weights_from_a_bf16_model(tmp_pat
         "data.source.n_train=24", "data.source.n_test=6", "data.source.max_ops=2",
         "model.build.steps=10", "model.build.n_pretrain=200", "model.build.vocab_size=400",
         "model.build.hidden_size=32", "model.build.intermediate_size=64",
-        "experiment=toy_sft", "select.n=8", "train.ce_per_step=4", "train.micro_batch_size=2",
+        "experiment=toy_sft", "select.n=8", "train.per_step.ce=4", "train.micro_batch_size=2",
         "trainer.max_steps=2", "logger=none", "callbacks.progress_bar=null",
     ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -30,7 +30,7 @@ CASES = [
                  marks=NO_GPU, id="gpu-preset"),
     pytest.param(["trainer.accelerator=gpu"], "trainer.accelerator: asks for a GPU",
                  "trainer.accelerator=cpu", marks=NO_GPU, id="gpu-accelerator"),
-    pytest.param(["train.micro_batch_size=3"], "trainer/train: train.ce_per_step + train.ul_per_step",
+    pytest.param(["train.micro_batch_size=3"], "trainer/train: the sum of train.per_step",
                  None, id="step-size"),
     pytest.param(["model.build.final_lr_ratio=2"], "model.build.final_lr_ratio=2", None, id="model-build"),
 ]
@@ -85,7 +85,7 @@ def test_a_multirun_job_fails_with_the_short_form(tmp_path):
     err = _failure(tmp_path, ["train.micro_batch_size=3"])
     with pytest.raises(RunFailed) as raised:
         stop(err, ["train.micro_batch_size=3"], multirun=True)
-    assert str(raised.value).startswith("trainer/train: train.ce_per_step")
+    assert str(raised.value).startswith("trainer/train: the sum of train.per_step")
     assert raised.value.__cause__ is None and raised.value.__suppress_context__
 
 

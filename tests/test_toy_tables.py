@@ -17,7 +17,7 @@ TINY = [
     "generate.max_new_tokens=40", "verify.workers=1", "eval.benchmarks.toy_test.n_samples=8",
     "eval.benchmarks.toy_test.limit=2", "eval.benchmarks.toy_test_greedy.limit=2",
     "eval.generator.max_new_tokens=30", "eval.heldout_entropy.limit=2", "train.micro_batch_size=2",
-    "train.ce_per_step=2", "callbacks.progress_bar=null",
+    "train.per_step.ce=2", "callbacks.progress_bar=null",
     "trainer.max_epochs=1",
 ]
 

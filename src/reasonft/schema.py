@@ -10,13 +10,7 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
-
-
-class EpochEnd(str, Enum):
-    shortest = "shortest"  # an epoch ends when either pool cannot fill a step (official)
-    ce = "ce"              # CE sets the epoch, UL cycles
-    official = "official"  # the official sampler: micro-steps, a partial last step (sampler.py)
+from omegaconf import MISSING, OmegaConf
 
 
 class SettingsFor(str, Enum):
@@ -34,9 +28,11 @@ class TrainConfig:
     optimizer: Any = MISSING
     scheduler: Any = None
     micro_batch_size: int = 2
-    ce_per_step: int = 7
-    ul_per_step: int = 1
-    epoch_end: EpochEnd = EpochEnd.shortest
+    # Sequences of each record kind (a loss term's loss_type) per optimiser step.
+    per_step: dict[str, int] = field(default_factory=lambda: {"ce": 7, "ul": 1})
+    # shortest | official | a pool of per_step (it sets the epoch, the others cycle); checked at
+    # start-up against per_step's keys (training/train.py), which no Enum can list.
+    epoch_end: str = "shortest"
     max_length: int = 512
     overlength: Overlength = Overlength.drop
     chunk_tokens: int = 512
@@ -82,4 +78,8 @@ class RunConfig:
 
 
 def register_schemas() -> None:
-    ConfigStore.instance().store(name="reasonft_schema", node=RunConfig)
+    schema = OmegaConf.structured(RunConfig)
+    # The record kinds are the loss terms' loss_types, not a fixed set: `train.per_step` takes new
+    # keys (`train.per_step={ce: 4, ul: 2, ce_weighted: 2}`) while its values stay typed ints.
+    OmegaConf.set_struct(schema.train.per_step, False)
+    ConfigStore.instance().store(name="reasonft_schema", node=schema)

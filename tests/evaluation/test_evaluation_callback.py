@@ -125,8 +125,8 @@ TINY_RUN = [
     "trainer.accelerator=cpu",
     "trainer.max_steps=3",
     "train.micro_batch_size=2",
-    "train.ce_per_step=2",
-    "train.ul_per_step=0",
+    "train.per_step.ce=2",
+    "train.per_step.ul=0",
     "train.max_length=128",
     "callbacks.progress_bar=null",
     "callbacks.checkpoint=null",
@@ -155,8 +155,8 @@ def test_in_training_option_runs_inside_train_student(tmp_path, tiny_model, tiny
     built: list[pl.Trainer] = []
     original = train_module.build_trainer
 
-    def recording_build_trainer(cfg, ul_per_step=None):
-        trainer, skipped = original(cfg, ul_per_step)
+    def recording_build_trainer(cfg, per_step=None):
+        trainer, skipped = original(cfg, per_step)
         built.append(trainer)
         return trainer, skipped
 

@@ -134,7 +134,7 @@ def test_training_keeps_fp32_master_weights_under_bf16(smollm2_path, tmp_path):
         tmp_path, "experiment=smollm2_sft", "model=hf", f"model.path={smollm2_path}",
         "model.dtype=bfloat16", "trainer.precision=bf16-mixed", "stages=[train]",
         "data.source.n_train=4", "data.source.teachers=[terse]", "select=random", "select.n=4",
-        "train.ce_per_step=2", "train.micro_batch_size=2", "trainer.max_steps=1",
+        "train.per_step.ce=2", "train.micro_batch_size=2", "trainer.max_steps=1",
         "trainer.max_epochs=1", "logger=none", "callbacks.progress_bar=null",
         # bf16 autocast on a CPU without bf16 units costs ~1 min per step of the whole model: the
         # precision path is the same at any depth and length, so 4 of its 30 layers and 96 tokens.
@@ -174,7 +174,7 @@ def test_whole_oxa_loop_on_the_real_student(smollm2_path, tmp_path):
         # whole records per bin (a flat Gaussian over narrow bins would round every quota to 0).
         *REAL_TINY, "select.promote.n=1000", "select.promote.mu=30", "select.promote.sigma=30",
         "select.promote.ppl_min=1", "select.promote.ppl_max=1001", "select.promote.bin_width=10", "select.suppress.n=2",
-        "train.ce_per_step=2", "train.ul_per_step=2", "train.micro_batch_size=2",
+        "train.per_step.ce=2", "train.per_step.ul=2", "train.micro_batch_size=2",
         "trainer.max_steps=1", "train.max_length=160", "train.overlength=truncate",
     )
     pipeline = Pipeline(cfg)

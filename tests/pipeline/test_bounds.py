@@ -34,7 +34,7 @@ OUT_OF_BOUNDS = [
     (["train.optimizer.lr=-1e-3"], "train.optimizer.lr=-0.001"),
     (["train.optimizer.weight_decay=-0.1"], "train.optimizer.weight_decay=-0.1"),
     (["train.scheduler.warmup_ratio=-0.1"], "train.scheduler.warmup_ratio=-0.1"),
-    (["train.ce_per_step=-8", "train.ul_per_step=24"], "train.ce_per_step=-8"),
+    (["train.per_step.ce=-8", "train.per_step.ul=24"], "train.per_step.ce=-8"),
     (["train.max_length=1"], "train.max_length=1"),
     (["train.chunk_tokens=0"], "train.chunk_tokens=0"),
     (["train.micro_batch_size=0"], "train.micro_batch_size=0"),

@@ -30,10 +30,10 @@ TINY = [
     # The miniature student's PPLs fall outside the promote window, so the tiny selection holds
     # UL records only (its report: ppl_gaussian 1000 short of 1000); every step is all UL, and
     # the UL pool ends the epoch (the default run's `ce` would have no CE pool to count).
-    "train.ce_per_step=0",
+    "train.per_step.ce=0",
     "train.epoch_end=shortest",
     "train.micro_batch_size=2",
-    "train.ul_per_step=4",
+    "train.per_step.ul=4",
     "logger=none",
     "callbacks.progress_bar=null",
 ]

@@ -17,7 +17,7 @@ TINY_SFT = [
     "experiment=toy_sft", "data.source.n_train=24", "data.source.n_test=6", "data.source.max_ops=2",
     "model.build.steps=10", "model.build.n_pretrain=200", "model.build.vocab_size=400",
     "model.build.hidden_size=32", "model.build.intermediate_size=64", "model.build.shipped=false",
-    "select.n=8", "train.ce_per_step=4", "train.micro_batch_size=2", "trainer.max_steps=2",
+    "select.n=8", "train.per_step.ce=4", "train.micro_batch_size=2", "trainer.max_steps=2",
     "logger=none", "callbacks.progress_bar=null",
 ]
 

@@ -48,8 +48,11 @@ UPSTREAM = {
 # refuses get a valid other value instead, so that they are checked too.
 VALID_OTHER: dict[str, Any] = {
     "train.micro_batch_size": 4,
-    "train.ce_per_step": 16,
-    "train.ul_per_step": 16,
+    "train.per_step.ce": 16,
+    "train.per_step.ul": 16,
+    # a kind with neither a share nor a term stops start-up: swap the two kinds instead
+    "loss.terms.ce.loss_type": "ul",
+    "loss.terms.ul.loss_type": "ce",
     "train.epoch_end": "shortest",
     "train.overlength": "truncate",
     "paths.artifacts_verify": "checksum",

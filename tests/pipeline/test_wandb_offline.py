@@ -154,8 +154,8 @@ def _cfg(tmp_path: Path, task_name: str, logger: str = "wandb") -> Any:
         "trainer.accelerator=cpu",
         "trainer.max_steps=3",
         "train.micro_batch_size=2",
-        "train.ce_per_step=2",
-        "train.ul_per_step=0",
+        "train.per_step.ce=2",
+        "train.per_step.ul=0",
         "train.max_length=64",
         "data.prompt_suffix=",
         "data.chat_template=false",
@@ -190,7 +190,7 @@ TINY_SFT = [
     "eval.heldout_entropy.limit=4",
     "select.n=24",
     "train.micro_batch_size=4",
-    "train.ce_per_step=8",
+    "train.per_step.ce=8",
     "trainer.max_epochs=1",
     "callbacks.progress_bar=null",
 ]
@@ -220,7 +220,7 @@ def test_pipeline_run_logs_config_curves_tables_and_reference_artifacts(
     logged = read_finished_run(run_dir)
     train_report = json.loads(next((tmp_path / "cache").rglob("train_report.json")).read_text())
     assert logged["group"] == "wbtest" and logged["exit_code"] == 0
-    assert logged["config"]["train"]["ce_per_step"] == 8
+    assert logged["config"]["train"]["per_step"]["ce"] == 8
     assert logged["config"]["task_name"] == "wbtest"
 
     # One row per optimiser step, logged by the WandbLogger into the pipeline's run.

@@ -49,8 +49,7 @@ OVERRIDES = [
     "trainer.accelerator=cpu",
     "trainer.max_steps=1",
     "train.micro_batch_size=1",
-    "train.ce_per_step=2",
-    "train.ul_per_step=2",
+    "train.per_step={ce:2,ul:2}",
     "train.max_length=96",
     "data.prompt_suffix=",
     "data.chat_template=false",
@@ -229,7 +228,7 @@ def _reference_step(workdir: Path, cfg: DictConfig) -> tuple[float, dict[str, to
     data = RecordsDataModule(
         read_records(workdir / "records.jsonl"), tokenizer,
         prompt_format=PromptFormat(chat_template=False), max_length=cfg.train.max_length, micro_batch_size=1,
-        ce_per_step=2, ul_per_step=2, seed=cfg.train.seed, loss_types=("ce", "ul"),
+        per_step={"ce": 2, "ul": 2}, seed=cfg.train.seed, loss_types=("ce", "ul"),
     )
     data.setup()
     model = random_student({**STUDENT, "vocab_size": len(tokenizer)}, seed=0).train()

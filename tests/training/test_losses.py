@@ -13,8 +13,10 @@ from omegaconf import OmegaConf
 from reasonft.training.losses import (
     CrossEntropyTerm,
     LossComposition,
+    LossInputs,
     LossTerm,
     UnlikelihoodTerm,
+    unlikelihood,
 )
 from reasonft.training.step_totals import StepTotals
 
@@ -44,7 +46,7 @@ def reference_reduce(per_token, mask, selector, reduction: str) -> float:
 
 def test_unlikelihood_matches_direct_formula_on_moderate_values():
     logp = torch.linspace(-6.0, -0.02, 301, dtype=torch.float64)
-    got = UnlikelihoodTerm().token_loss(logp)
+    got = unlikelihood(logp)
     want = torch.tensor([reference_ul(x) for x in logp.tolist()], dtype=torch.float64)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
 
@@ -54,7 +56,7 @@ def test_unlikelihood_is_continuous_across_log_half():
     logp = torch.tensor(
         [math.log(0.5) - eps, math.log(0.5), math.log(0.5) + eps], dtype=torch.float64
     )
-    got = UnlikelihoodTerm().token_loss(logp)
+    got = unlikelihood(logp)
     want = torch.tensor([reference_ul(x) for x in logp.tolist()], dtype=torch.float64)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
 
@@ -62,7 +64,7 @@ def test_unlikelihood_is_continuous_across_log_half():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_unlikelihood_extremes_are_finite_with_finite_gradients(dtype):
     logp = torch.tensor([0.0, -1e-12, -1e-7, -50.0], dtype=dtype, requires_grad=True)
-    loss = UnlikelihoodTerm().token_loss(logp)
+    loss = unlikelihood(logp)
     loss.sum().backward()
     assert torch.isfinite(loss).all() and torch.isfinite(logp.grad).all()
     cap = -math.log(1e-6)  # p clamped to 1 - 1e-6
@@ -75,7 +77,7 @@ def test_unlikelihood_extremes_are_finite_with_finite_gradients(dtype):
 
 def test_unlikelihood_gradient_matches_formula():
     logp = torch.tensor([-3.0, -0.7, -0.2], dtype=torch.float64, requires_grad=True)
-    UnlikelihoodTerm().token_loss(logp).sum().backward()
+    unlikelihood(logp).sum().backward()
     # d/dlogp [-log(1 - e^l)] = e^l / (1 - e^l)
     want = [math.exp(x) / (1 - math.exp(x)) for x in logp.tolist()]
     torch.testing.assert_close(logp.grad, torch.tensor(want, dtype=torch.float64))
@@ -89,8 +91,9 @@ def test_reductions_against_loops(term_cls, reduction):
     mask = torch.rand(5, 9, generator=gen) < 0.6
     mask[3] = False  # a selected sequence without scored tokens does not count
     selector = torch.tensor([True, False, True, True, True])
-    term = term_cls(reduction=reduction)
-    got = term(logp, mask, selector).item()
+    term = term_cls(reduction=reduction, loss_type="ce")
+    kinds = (~selector).long()  # the other rows are records of another kind
+    got = term(LossInputs.of(logp, mask, kinds, ("ce", "other"))).item()
     reference = (lambda x: -x) if term_cls is CrossEntropyTerm else reference_ul
     per_token = [[reference(x) for x in row] for row in logp.tolist()]
     want = reference_reduce(per_token, mask.tolist(), selector.tolist(), reduction)
@@ -101,7 +104,8 @@ def test_term_without_tokens_is_zero_and_differentiable():
     logp = torch.full((2, 4), -1.0, requires_grad=True)
     mask = torch.ones(2, 4, dtype=torch.bool)
     for reduction in ("token", "sequence"):
-        value = UnlikelihoodTerm(reduction=reduction)(logp, mask, torch.zeros(2, dtype=torch.bool))
+        inputs = LossInputs.of(logp, mask, torch.zeros(2, dtype=torch.long), ("ce",))
+        value = UnlikelihoodTerm(reduction=reduction, loss_type="ul")(inputs)
         value.backward()
         assert value.item() == 0.0
         assert torch.equal(logp.grad, torch.zeros_like(logp))
@@ -120,7 +124,7 @@ def test_composition_weights_terms_by_loss_type():
             "ul": UnlikelihoodTerm(weight=0.5, reduction="sequence", loss_type="ul"),
         }
     )
-    out = comp(logp, mask, ids, loss_types)
+    out = comp(LossInputs.of(logp, mask, ids, loss_types))
     rows = logp.tolist()
     ce = [-x for b in (0, 2) for x in rows[b][2:]]
     ul = [sum(reference_ul(x) for x in rows[b][2:]) / 4 for b in (1, 3)]
@@ -156,33 +160,58 @@ def test_composition_divides_each_term_by_the_steps_count():
             "ul": UnlikelihoodTerm(weight=0.5, reduction="sequence", loss_type="ul"),
         }
     )
-    parts = [comp(logp[rows_], mask[rows_], ids[rows_], loss_types, totals) for rows_ in (slice(0, 3), slice(3, 6))]
+    parts = [
+        comp(LossInputs.of(logp[rows_], mask[rows_], ids[rows_], loss_types), totals)
+        for rows_ in (slice(0, 3), slice(3, 6))
+    ]
     want = sum(ce_tokens) / len(ce_tokens) + 0.5 * sum(ul_means) / 2
     assert sum(p.total.item() for p in parts) == pytest.approx(want, rel=1e-12)
     assert sum(p.terms["ce"].value.item() for p in parts) == pytest.approx(
         sum(ce_tokens) / len(ce_tokens), rel=1e-12
     )
     # without step totals each micro-batch is its own step: its term is its own mean
-    alone = comp(logp[:3], mask[:3], ids[:3], loss_types)
+    alone = comp(LossInputs.of(logp[:3], mask[:3], ids[:3], loss_types))
     assert alone.terms["ul"].value.item() == pytest.approx(ul_means[0], rel=1e-12)
 
 
 def test_composition_term_for_absent_type_contributes_zero():
     logp = torch.full((2, 3), -0.5)
     comp = LossComposition({"ul": UnlikelihoodTerm(loss_type="ul")})
-    out = comp(logp, torch.ones(2, 3, dtype=torch.bool), torch.tensor([0, 0]), ("ce",))
+    out = comp(LossInputs.of(logp, torch.ones(2, 3, dtype=torch.bool), torch.tensor([0, 0]), ("ce",)))
     assert out.total.item() == 0.0 and out.terms["ul"].count.item() == 0
 
 
 def test_a_new_term_is_just_a_subclass():
     class SquaredLogp(LossTerm):
-        def token_loss(self, logp):
-            return logp**2
+        def token_loss(self, inputs):
+            return inputs.logp**2
 
     comp = LossComposition({"sq": SquaredLogp(weight=2.0, loss_type="ce")})
     logp = torch.tensor([[0.0, -1.0, -3.0]])
-    out = comp(logp, torch.tensor([[False, True, True]]), torch.tensor([0]), ("ce",))
+    out = comp(LossInputs.of(logp, torch.tensor([[False, True, True]]), torch.tensor([0]), ("ce",)))
     assert out.total.item() == pytest.approx(2.0 * (1.0 + 9.0) / 2)
+
+
+def test_a_term_reads_the_entropy_and_a_record_column():
+    """Every term sees the entropy beside the log-probs and the batch's columns it names."""
+
+    class WeightedEntropy(LossTerm):
+        columns = ("weight",)
+
+        def token_loss(self, inputs):
+            return -inputs.entropy * inputs.columns["weight"][:, None]
+
+    comp = LossComposition({"h": WeightedEntropy(reduction="token", loss_type="ce")})
+    assert comp.columns == ("weight",)
+    entropy = torch.tensor([[0.0, 1.0, 2.0], [0.0, 3.0, 5.0]], requires_grad=True)
+    inputs = LossInputs.of(
+        torch.full((2, 3), -0.5), torch.tensor([[False, True, True]] * 2), torch.tensor([0, 1]),
+        ("ce", "ul"), entropy=entropy, columns={"weight": torch.tensor([0.5, 9.0])},
+    )
+    out = comp(inputs)
+    assert out.total.item() == pytest.approx(-0.5 * (1.0 + 2.0) / 2)  # the ul row is not its kind
+    out.total.backward()
+    assert entropy.grad.tolist() == [[0.0, -0.25, -0.25], [0.0, 0.0, 0.0]]
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,7 @@ def test_zero_step_trainer_settings_stop_at_start_up(tmp_path, key):
 
 
 def test_a_fit_without_a_step_raises_and_writes_no_model(tmp_path, tiny_model, tiny_tokenizer):
-    cfg = compose(tmp_path, micro_batch_size=2, ce_per_step=3, ul_per_step=1, max_length=128)
+    cfg = compose(tmp_path, micro_batch_size=2, per_step={"ce": 3, "ul": 1}, max_length=128)
     cfg.trainer.limit_train_batches = 0  # not checked here: train_student is called directly
     with pytest.raises(NoTrainingStep, match="without one optimiser step"):
         train_student(cfg, make_records(8), copy.deepcopy(tiny_model),

@@ -9,15 +9,16 @@ import random
 import pytest
 import torch
 
-from reasonft.training.losses import CrossEntropyTerm, LossComposition, UnlikelihoodTerm
+from reasonft.training.losses import CrossEntropyTerm, LossComposition, LossInputs, UnlikelihoodTerm
 from reasonft.training.sampler import MixedBatchSampler
+from reasonft.training.step_totals import StepTotals
 
 
 def test_the_official_recipe_epoch_counts():
     """50,000 CE + 50,000 UL, 128 + 128 per step on 32 ranks of batch 1 (accumulation 8): the
     official sampler takes 3,125 micro-steps of 16 + 16, i.e. 391 steps, the last of 5."""
     types = ["ce"] * 50_000 + ["ul"] * 50_000
-    common = {"micro_batch_size": 1, "ce_per_step": 128, "ul_per_step": 128, "num_replicas": 32}
+    common = {"micro_batch_size": 1, "per_step": {"ce": 128, "ul": 128}, "num_replicas": 32}
     official = MixedBatchSampler(types, epoch_end="official", **common)
     shortest = MixedBatchSampler(types, epoch_end="shortest", **common)
     assert (official.steps_per_epoch, len(official)) == (math.ceil(50_000 / 16 / 8), 50_000 // 16)
@@ -32,7 +33,7 @@ def test_the_official_recipe_epoch_counts():
 def test_official_leaves_out_n_mod_the_micro_step_share_per_pool():
     # C = 4, U = 4 over micro-batches of 2 on 1 rank: A = 4, one CE + one UL per micro-step.
     types = ["ce"] * 11 + ["ul"] * 6
-    sampler = MixedBatchSampler(types, micro_batch_size=2, ce_per_step=4, ul_per_step=4,
+    sampler = MixedBatchSampler(types, micro_batch_size=2, per_step={"ce": 4, "ul": 4},
                                 epoch_end="official", seed=3)
     assert (len(sampler), sampler.steps_per_epoch) == (6, 2)  # 6 micro-steps: 4 + 2
     batches = sampler.global_batches(0)
@@ -41,8 +42,8 @@ def test_official_leaves_out_n_mod_the_micro_step_share_per_pool():
     assert len(set(seen)) == len(seen) == 12
     assert sum(types[i] == "ul" for i in seen) == 6 and sum(types[i] == "ce" for i in seen) == 6
     assert sampler.report["pools"]["ce"]["left_out_per_epoch"] == 5
-    with pytest.raises(ValueError, match="train.ce_per_step=6 is not a multiple of the accumulation"):
-        MixedBatchSampler(types, micro_batch_size=2, ce_per_step=6, ul_per_step=2, epoch_end="official")
+    with pytest.raises(ValueError, match="train.per_step.ce=6 is not a multiple of the accumulation"):
+        MixedBatchSampler(types, micro_batch_size=2, per_step={"ce": 6, "ul": 2}, epoch_end="official")
 
 
 def test_the_partial_step_is_divided_by_the_full_step_counts():
@@ -56,17 +57,19 @@ def test_the_partial_step_is_divided_by_the_full_step_counts():
         "ce": CrossEntropyTerm(reduction="sequence", loss_type="ce"),
         "ul": UnlikelihoodTerm(weight=weight, reduction="sequence", loss_type="ul"),
     })
-    sampler = MixedBatchSampler(types, micro_batch_size=2, ce_per_step=4, ul_per_step=4,
+    sampler = MixedBatchSampler(types, micro_batch_size=2, per_step={"ce": 4, "ul": 4},
                                 epoch_end="official", seed=1,
                                 scored_tokens=[len(lp) for lp in logps])
     steps: list[list] = [[] for _ in range(sampler.steps_per_epoch)]
-    for position, (indices, totals) in enumerate(sampler.micro_batches_with_totals()):
+    for position, micro_batch in enumerate(sampler):
+        indices, totals = micro_batch["indices"], StepTotals.from_dict(micro_batch["step_totals"])
         step = position // sampler.accumulate_grad_batches
         width = max(len(logps[i]) for i in indices)
         logp = torch.tensor([logps[i] + [0.0] * (width - len(logps[i])) for i in indices], dtype=torch.float64)
         mask = torch.tensor([[t < len(logps[i]) for t in range(width)] for i in indices])
         ids = torch.tensor([0 if types[i] == "ce" else 1 for i in indices])
-        steps[step].append((indices, float(loss(logp, mask, ids, ["ce", "ul"], totals).total)))
+        inputs = LossInputs.of(logp, mask, ids, ["ce", "ul"])
+        steps[step].append((indices, float(loss(inputs, totals).total)))
     assert len([i for indices, _ in steps[-1] for i in indices]) == 4  # 2 micro-batches: 2 CE + 2 UL
 
     def reference(indices):
@@ -95,7 +98,7 @@ def test_lightning_takes_the_partial_step(tmp_path, tiny_model, tiny_tokenizer):
     cfg.loss = OmegaConf.load(CONF_DIR / "loss" / "oxa_full.yaml")
     cfg.train = OmegaConf.merge(
         OmegaConf.load(CONF_DIR / "train" / "default.yaml"),
-        {"micro_batch_size": 2, "ce_per_step": 4, "ul_per_step": 4, "epoch_end": "official",
+        {"micro_batch_size": 2, "per_step": {"ce": 4, "ul": 4}, "epoch_end": "official",
          "max_length": 128},
     )
     cfg.trainer = OmegaConf.load(CONF_DIR / "trainer" / "default.yaml")

@@ -46,8 +46,7 @@ TRAIN_OVERRIDES = [
     "trainer.devices=1",
     f"trainer.max_epochs={EPOCHS}",
     "train.micro_batch_size=2",
-    "train.ce_per_step=3",
-    "train.ul_per_step=1",
+    "train.per_step={ce:3,ul:1}",
     "train.max_length=96",
     "data.prompt_suffix=",
     "data.chat_template=false",
@@ -305,8 +304,7 @@ def _nan_run(
             *TRAIN_OVERRIDES,
             f"paths.output_dir={tmp_path}",
             "++callbacks.nan_guard._target_=reasonft.training.nan_guard.NaNGuard",
-            "train.ce_per_step=4",
-            "train.ul_per_step=0",  # CE records only
+            "train.per_step={ce:4,ul:0}",  # CE records only
         ]
     )
     records = [

@@ -1,5 +1,6 @@
-"""MixedBatchSampler: exactly C CE + U UL sequences per optimiser step, spread evenly over
-micro-steps and ranks, the two epoch-end rules, and the step totals each micro-batch carries."""
+"""MixedBatchSampler: exactly `per_step[kind]` sequences of each kind per optimiser step (C CE +
+U UL, or more pools), spread evenly over micro-steps and ranks, the epoch-end rules, the step
+totals each micro-batch carries, and the CE/UL sequences of the two-pool sampler it replaced."""
 
 from __future__ import annotations
 
@@ -12,13 +13,9 @@ import pytest
 from lightning_fabric.utilities.data import _set_sampler_epoch
 from torch.utils.data import DataLoader
 
+from reasonft.training.datamodule import MicroBatches
 from reasonft.training.sampler import MixedBatchSampler, accumulation_steps, spread_counts
-from reasonft.training.step_totals import (
-    CollateWithStepTotals,
-    RecordsWithStepTotals,
-    StepTotals,
-    StepTotalsBatches,
-)
+from reasonft.training.step_totals import StepTotals
 
 
 def _spread(n_ce: int, n_ul: int) -> list[str]:
@@ -34,8 +31,13 @@ def _spread(n_ce: int, n_ul: int) -> list[str]:
     return types
 
 
+def indices(sampler: MixedBatchSampler) -> list[list[int]]:
+    """The record indices of each micro-batch the sampler yields."""
+    return [micro_batch["indices"] for micro_batch in sampler]
+
+
 def per_rank_micro_batches(samplers: list[MixedBatchSampler]) -> list[list[list[int]]]:
-    per_rank = [list(s) for s in samplers]
+    per_rank = [indices(s) for s in samplers]
     assert len({len(r) for r in per_rank}) == 1, "ranks yield different numbers of micro-batches"
     return per_rank
 
@@ -62,7 +64,7 @@ def near(values, total: int, parts: int) -> bool:
 @pytest.mark.parametrize(("world", "micro", "ce", "ul"), [(1, 2, 10, 6), (2, 1, 5, 3), (2, 2, 8, 8), (4, 1, 9, 7)])
 def test_every_step_has_exactly_c_ce_and_u_ul_spread_evenly(world, micro, ce, ul):
     types = _spread(n_ce=61, n_ul=40)
-    samplers = make(types, world, micro_batch_size=micro, ce_per_step=ce, ul_per_step=ul, seed=5)
+    samplers = make(types, world, micro_batch_size=micro, per_step={"ce": ce, "ul": ul}, seed=5)
     accumulate = samplers[0].accumulate_grad_batches
     assert accumulate == (ce + ul) // (micro * world)
     per_rank = per_rank_micro_batches(samplers)
@@ -78,7 +80,7 @@ def test_every_step_has_exactly_c_ce_and_u_ul_spread_evenly(world, micro, ce, ul
         assert near([sum(col) for col in zip(*ul_in, strict=True)], ul, accumulate)  # micro-steps
         assert near([sum(rank) for rank in ul_in], ul, world)  # ranks over the step
     for sampler in samplers:
-        assert all(len(mb) == micro for mb in sampler)
+        assert all(len(mb) == micro for mb in indices(sampler))
 
 
 def test_official_layout_16_ul_per_micro_step_on_32_ranks():
@@ -99,7 +101,7 @@ def test_spread_counts_against_exhaustive_balance():
 
 def test_shortest_rule_uses_each_record_at_most_once_and_reports_left_out():
     types = _spread(n_ce=50, n_ul=23)
-    (sampler,) = make(types, micro_batch_size=2, ce_per_step=6, ul_per_step=4, seed=1)
+    (sampler,) = make(types, micro_batch_size=2, per_step={"ce": 6, "ul": 4}, seed=1)
     steps = global_steps([sampler])
     assert len(steps) == min(50 // 6, 23 // 4) == 5
     drawn = Counter(i for step in steps for i in step)
@@ -119,7 +121,7 @@ def test_shortest_rule_uses_each_record_at_most_once_and_reports_left_out():
 
 def test_ce_rule_sees_every_ce_record_and_cycles_ul():
     types = _spread(n_ce=48, n_ul=3)
-    (sampler,) = make(types, micro_batch_size=4, ce_per_step=6, ul_per_step=2, epoch_end="ce")
+    (sampler,) = make(types, micro_batch_size=4, per_step={"ce": 6, "ul": 2}, epoch_end="ce")
     steps = global_steps([sampler])
     assert len(steps) == 48 // 6
     ce_draws = Counter(i for step in steps for i in step if types[i] == "ce")
@@ -134,7 +136,7 @@ def test_ce_rule_sees_every_ce_record_and_cycles_ul():
 
 def test_ce_rule_tops_up_the_last_step_from_a_fresh_pass():
     types = _spread(n_ce=61, n_ul=9)
-    (sampler,) = make(types, micro_batch_size=2, ce_per_step=13, ul_per_step=3, epoch_end="ce")
+    (sampler,) = make(types, micro_batch_size=2, per_step={"ce": 13, "ul": 3}, epoch_end="ce")
     steps = global_steps([sampler])
     assert len(steps) == math.ceil(61 / 13)
     ce_seen = Counter(i for step in steps for i in step if types[i] == "ce")
@@ -145,19 +147,19 @@ def test_ce_rule_tops_up_the_last_step_from_a_fresh_pass():
 
 def test_ce_only_steps_drop_the_last_partial_step():
     types = ["ce"] * 20
-    (sampler,) = make(types, micro_batch_size=2, ce_per_step=6, ul_per_step=0)
+    (sampler,) = make(types, micro_batch_size=2, per_step={"ce": 6})
     steps = global_steps([sampler])
     assert len(steps) == 3 and all(len(s) == 6 for s in steps)
     assert sampler.report["pools"]["ce"]["left_out_per_epoch"] == 2
-    assert sampler.report["pools"]["ul"]["records"] == 0
-    flat = [i for mb in sampler for i in mb]
+    assert list(sampler.report["pools"]) == ["ce"]
+    flat = [i for mb in indices(sampler) for i in mb]
     assert flat != sorted(flat)  # shuffled, not in index order
 
 
 def test_two_ranks_split_one_rank_layout():
     """Rank r's a-th micro-batch is micro-batch a*world + r of the same step."""
     types = _spread(40, 8)
-    kwargs = {"micro_batch_size": 2, "ce_per_step": 6, "ul_per_step": 2, "seed": 3}
+    kwargs = {"micro_batch_size": 2, "per_step": {"ce": 6, "ul": 2}, "seed": 3}
     batches = MixedBatchSampler(types, num_replicas=2, **kwargs).global_batches(0)
     rank1 = MixedBatchSampler(types, num_replicas=2, rank=1, **kwargs)
     want = [
@@ -165,12 +167,12 @@ def test_two_ranks_split_one_rank_layout():
         for s in range(len(batches))
         for a in range(2)
     ]
-    assert list(rank1) == want
+    assert indices(rank1) == want
 
 
 def test_order_is_a_function_of_seed_and_epoch():
     types = _spread(30, 10)
-    kwargs = {"micro_batch_size": 2, "ce_per_step": 6, "ul_per_step": 2}
+    kwargs = {"micro_batch_size": 2, "per_step": {"ce": 6, "ul": 2}}
     a = MixedBatchSampler(types, seed=1, **kwargs)
     b = MixedBatchSampler(types, seed=1, **kwargs)
     epoch0 = list(a)
@@ -182,17 +184,16 @@ def test_order_is_a_function_of_seed_and_epoch():
     assert list(b) == epoch1  # resuming at epoch 1 reproduces it without replaying epoch 0
     a.set_epoch(0)
     assert list(a) == epoch0
-    assert list(MixedBatchSampler(types, seed=2, **kwargs)) != epoch0
-    assert a.sampler is a  # Lightning calls batch_sampler.sampler.set_epoch
+    assert indices(MixedBatchSampler(types, seed=2, **kwargs)) != indices(a)
 
 
 def test_resume_start_skips_micro_batches_and_keeps_their_totals():
     types = _spread(30, 10)
-    (sampler,) = make(types, micro_batch_size=2, ce_per_step=6, ul_per_step=2)
-    full = list(sampler.micro_batches_with_totals())
+    (sampler,) = make(types, micro_batch_size=2, per_step={"ce": 6, "ul": 2})
+    full = list(sampler)
     sampler.start = 5
-    assert list(sampler.micro_batches_with_totals()) == full[5:]
-    assert list(sampler.micro_batches_with_totals()) == full  # start applies once
+    assert list(sampler) == full[5:]
+    assert list(sampler) == full  # start applies once
 
 
 def collate_ids(records: list[int]) -> dict[str, list[int]]:
@@ -202,12 +203,12 @@ def collate_ids(records: list[int]) -> dict[str, list[int]]:
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_lightning_sets_the_epoch_through_the_dataloader(num_workers):
     types = _spread(10, 4)
-    kwargs = {"micro_batch_size": 2, "ce_per_step": 3, "ul_per_step": 1}
+    kwargs = {"micro_batch_size": 2, "per_step": {"ce": 3, "ul": 1}}
     sampler = MixedBatchSampler(types, **kwargs)
     loader = DataLoader(
-        RecordsWithStepTotals(list(range(len(types)))),
-        batch_sampler=StepTotalsBatches(sampler),
-        collate_fn=CollateWithStepTotals(collate_ids),
+        MicroBatches(list(range(len(types))), collate_ids),
+        sampler=sampler,
+        batch_size=None,
         num_workers=num_workers,  # the totals travel to worker processes and back
     )
     _set_sampler_epoch(loader, 3)  # what Lightning's fit loop calls at each epoch start
@@ -217,7 +218,7 @@ def test_lightning_sets_the_epoch_through_the_dataloader(num_workers):
     assert [b["ids"] for b in batches] == fresh.global_batches(3).reshape(-1, 2).tolist()
     for step in range(len(batches) // 2):
         records = [i for b in batches[2 * step : 2 * step + 2] for i in b["ids"]]
-        assert batches[2 * step]["step_totals"].sequences["ul"] == sum(
+        assert batches[2 * step]["step_totals"]["sequences"]["ul"] == sum(
             types[i] == "ul" for i in records
         ) == 1
 
@@ -227,33 +228,24 @@ def test_every_micro_batch_carries_its_steps_totals():
     types = _spread(40, 16)
     scored = [(7 * i) % 11 for i in range(len(types))]  # some records score no token
     samplers = make(
-        types, 2, micro_batch_size=2, ce_per_step=6, ul_per_step=2, scored_tokens=scored
+        types, 2, micro_batch_size=2, per_step={"ce": 6, "ul": 2}, scored_tokens=scored
     )
     accumulate = samplers[0].accumulate_grad_batches
-    per_rank = [list(s.micro_batches_with_totals()) for s in samplers]
+    per_rank = [list(s) for s in samplers]
     for start in range(0, len(per_rank[0]), accumulate):
-        window = [pair for rank in per_rank for pair in rank[start : start + accumulate]]
-        records = [i for indices, _ in window for i in indices]
+        window = [mb for rank in per_rank for mb in rank[start : start + accumulate]]
+        records = [i for mb in window for i in mb["indices"]]
         want = StepTotals(
             sequences={t: sum(types[i] == t and scored[i] > 0 for i in records) for t in ("ce", "ul")},
             tokens={t: sum(scored[i] for i in records if types[i] == t) for t in ("ce", "ul")},
         )
-        assert all(totals == want for _, totals in window)
-
-
-def test_collate_refuses_records_of_different_steps():
-    a = StepTotals({"ce": 1}, {"ce": 3})
-    b = StepTotals({"ce": 2}, {"ce": 3})
-    collate = CollateWithStepTotals(lambda records: {"ids": records})
-    assert collate([(0, a), (1, a)]) == {"ids": [0, 1], "step_totals": a}
-    with pytest.raises(ValueError, match="different optimiser steps"):
-        collate([(0, a), (1, b)])
+        assert all(StepTotals.from_dict(mb["step_totals"]) == want for mb in window)
 
 
 def test_group_by_length_sorts_within_step_only():
     types = _spread(28, 8)
     lengths = [(i * 37) % 50 + 1 for i in range(len(types))]
-    kwargs = {"micro_batch_size": 2, "ce_per_step": 6, "ul_per_step": 2}
+    kwargs = {"micro_batch_size": 2, "per_step": {"ce": 6, "ul": 2}}
     grouped = MixedBatchSampler(types, lengths=lengths, group_by_length=True, **kwargs)
     plain = MixedBatchSampler(types, **kwargs)
     for g, p in zip(grouped.global_batches(0), plain.global_batches(0), strict=True):
@@ -268,23 +260,122 @@ def test_accumulation_and_bad_settings_fail_clearly():
         accumulation_steps(10, 4, 1)
     types = _spread(10, 4)
     with pytest.raises(ValueError, match="multiple of"):
-        MixedBatchSampler(types, micro_batch_size=2, ce_per_step=4, ul_per_step=2, num_replicas=2)
-    with pytest.raises(ValueError, match=r"train.ul_per_step=5 but only 4 UL records"):
-        MixedBatchSampler(types, micro_batch_size=1, ce_per_step=1, ul_per_step=5)
-    with pytest.raises(ValueError, match="train.ul_per_step=0 but the training set has 4 UL"):
-        MixedBatchSampler(types, micro_batch_size=2, ce_per_step=4)
-    with pytest.raises(ValueError, match="train.ul_per_step=2 but the training set has no UL"):
-        MixedBatchSampler(["ce"] * 8, micro_batch_size=2, ce_per_step=2, ul_per_step=2)
-    with pytest.raises(ValueError, match="train.ce_per_step=0 but the training set has 10 CE"):
-        MixedBatchSampler(types, micro_batch_size=2, ce_per_step=0, ul_per_step=2)
+        MixedBatchSampler(types, micro_batch_size=2, per_step={"ce": 4, "ul": 2}, num_replicas=2)
+    with pytest.raises(ValueError, match=r"train.per_step.ul=5 but only 4 `ul` records"):
+        MixedBatchSampler(types, micro_batch_size=1, per_step={"ce": 1, "ul": 5})
+    with pytest.raises(ValueError, match="train.per_step.ul=0 but the training set has 4 `ul`"):
+        MixedBatchSampler(types, micro_batch_size=2, per_step={"ce": 4, "ul": 0})
+    with pytest.raises(ValueError, match=r"records of loss_type \['ul'\] but train.per_step has no"):
+        MixedBatchSampler(types, micro_batch_size=2, per_step={"ce": 4})
+    with pytest.raises(ValueError, match="train.per_step.ul=2 but the training set has no `ul`"):
+        MixedBatchSampler(["ce"] * 8, micro_batch_size=2, per_step={"ce": 2, "ul": 2})
+    with pytest.raises(ValueError, match="train.per_step.ce=0 but the training set has 10 `ce`"):
+        MixedBatchSampler(types, micro_batch_size=2, per_step={"ce": 0, "ul": 2})
     with pytest.raises(ValueError, match="train.epoch_end='longest'"):
-        MixedBatchSampler(types, micro_batch_size=2, ce_per_step=2, ul_per_step=2, epoch_end="longest")
-    with pytest.raises(ValueError, match="train.epoch_end=ce .* train.ce_per_step=0"):
-        MixedBatchSampler(["ul"] * 4, micro_batch_size=2, ce_per_step=0, ul_per_step=2, epoch_end="ce")
-    with pytest.raises(ValueError, match="train.ce_per_step=-1"):
-        MixedBatchSampler(types, micro_batch_size=1, ce_per_step=-1, ul_per_step=2)
+        MixedBatchSampler(types, micro_batch_size=2, per_step={"ce": 2, "ul": 2}, epoch_end="longest")
+    with pytest.raises(ValueError, match="train.epoch_end=ce .* train.per_step.ce=0"):
+        MixedBatchSampler(["ul"] * 4, micro_batch_size=2, per_step={"ce": 0, "ul": 2}, epoch_end="ce")
+    with pytest.raises(ValueError, match="train.per_step.ce=-1"):
+        MixedBatchSampler(types, micro_batch_size=1, per_step={"ce": -1, "ul": 2})
     with pytest.raises(ValueError, match="rank=2"):
-        MixedBatchSampler(["ce"] * 4, micro_batch_size=1, ce_per_step=4, num_replicas=2, rank=2)
+        MixedBatchSampler(["ce"] * 4, micro_batch_size=1, per_step={"ce": 4}, num_replicas=2, rank=2)
     with pytest.raises(ValueError, match="empty"):
-        MixedBatchSampler([], micro_batch_size=1, ce_per_step=4)
+        MixedBatchSampler([], micro_batch_size=1, per_step={"ce": 4})
+    with pytest.raises(ValueError, match="train.per_step is empty"):
+        MixedBatchSampler(types, micro_batch_size=1, per_step={})
+    with pytest.raises(ValueError, match="'official' cannot name a record kind"):
+        MixedBatchSampler(types, micro_batch_size=1, per_step={"ce": 1, "official": 1})
     assert np.array_equal(spread_counts(0, 2, 2), np.zeros((2, 2)))
+
+
+# The two-pool sampler on main (42cf14e) yielded exactly these micro-batches, per (rank, epoch),
+# for these settings (computed there once; the N-pool sampler must keep them).
+TWO_POOL_SEQUENCES = [
+    (
+        {"types": _spread(13, 7), "micro_batch_size": 2, "per_step": {"ce": 6, "ul": 2},
+         "num_replicas": 2, "seed": 3},
+        {
+        (0, 0): [[13, 14], [17, 0], [6, 11], [19, 15]],
+        (0, 1): [[16, 11], [18, 14], [10, 2], [15, 12]],
+        (1, 0): [[18, 3], [10, 2], [4, 9], [8, 5]],
+        (1, 1): [[6, 0], [13, 17], [3, 8], [1, 9]],
+        },
+    ),
+    (
+        {"types": _spread(11, 4), "micro_batch_size": 2, "per_step": {"ce": 5, "ul": 3},
+         "epoch_end": "ce", "seed": 1},
+        {
+        (0, 0): [[7, 11], [14, 8], [1, 6], [4, 0], [10, 2], [7, 12], [3, 13], [4, 9], [1, 5], [10, 2], [7, 14], [9, 0]],
+        (0, 1): [[4, 11], [10, 3], [7, 6], [9, 2], [1, 0], [4, 5], [1, 8], [13, 12], [7, 14], [10, 12], [4, 11], [0, 9]],
+        },
+    ),
+    (
+        {"types": _spread(14, 9), "micro_batch_size": 2, "per_step": {"ce": 4, "ul": 4},
+         "num_replicas": 2, "epoch_end": "official", "seed": 2},
+        {
+        (0, 0): [[10, 3], [16, 0], [4, 17], [13, 15]],
+        (0, 1): [[1, 0], [19, 9], [21, 2], [10, 5]],
+        (1, 0): [[1, 18], [7, 9], [19, 11], [22, 20]],
+        (1, 1): [[4, 17], [13, 12], [22, 3], [7, 15]],
+        },
+    ),
+    (
+        {"types": ["ce"] * 9, "micro_batch_size": 2, "per_step": {"ce": 4}, "seed": 5},
+        {
+        (0, 0): [[1, 4], [2, 3], [0, 7], [5, 6]],
+        (0, 1): [[5, 6], [2, 4], [0, 8], [7, 3]],
+        },
+    ),
+    (
+        {"types": _spread(10, 6), "micro_batch_size": 3, "per_step": {"ce": 4, "ul": 2}, "seed": 4,
+         "group_by_length": True, "lengths": [(i * 7) % 11 + 1 for i in range(16)]},
+        {
+        (0, 0): [[3, 4, 7], [2, 0, 11], [14, 6, 9], [12, 15, 13]],
+        (0, 1): [[14, 6, 4], [7, 8, 11], [3, 9, 10], [13, 2, 0]],
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("settings", "expected"), TWO_POOL_SEQUENCES)
+def test_ce_ul_sequences_are_the_two_pool_samplers(settings, expected):
+    settings = dict(settings)
+    types = settings.pop("types")
+    world = settings.get("num_replicas", 1)
+    assert len(expected) == 2 * world
+    for rank in range(world):
+        sampler = MixedBatchSampler(types, rank=rank, **settings)
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            assert indices(sampler) == expected[rank, epoch]
+    if "ul" not in settings["per_step"]:  # an empty pool with no share changes nothing
+        with_ul = MixedBatchSampler(types, **{**settings, "per_step": {**settings["per_step"], "ul": 0}})
+        assert indices(with_ul) == expected[0, 0]
+
+
+def test_three_pools_fill_every_step_and_a_named_pool_sets_the_epoch():
+    """A third kind (`cw`) gets its own pool: every step holds each pool's share, each
+    micro-batch floor or ceil of each non-first pool's mean, and epoch_end=cw lets it set the
+    epoch while ce and ul cycle."""
+    types = [("ce", "cw", "ul", "ce", "cw")[i % 5] for i in range(50)]
+    per_step = {"ul": 3, "ce": 5, "cw": 4}  # sorted into pools ce, cw, ul
+    samplers = make(types, 2, micro_batch_size=3, per_step=per_step, epoch_end="cw", seed=9)
+    assert samplers[0].pool_names == ("ce", "cw", "ul")
+    steps = global_steps(samplers)
+    assert len(steps) == math.ceil(20 / 4)
+    assert Counter(i for step in steps for i in step if types[i] == "cw") == Counter(
+        i for i, t in enumerate(types) if t == "cw"
+    )  # each cw record once
+    per_rank = per_rank_micro_batches(samplers)
+    for step in steps:
+        assert Counter(types[i] for i in step) == per_step
+    for rank in per_rank:
+        for micro_batch in rank:
+            assert near([sum(types[i] == "cw" for i in micro_batch)], 4, 4)
+            assert near([sum(types[i] == "ul" for i in micro_batch)], 3, 4)
+    report = samplers[0].report
+    assert report["per_step"] == {"ce": 5, "cw": 4, "ul": 3}
+    assert report["pools"]["cw"]["repeated_per_epoch"] == 0
+    assert report["pools"]["ul"]["draws_per_epoch"] == 15
+    totals = [StepTotals.from_dict(mb["step_totals"]) for mb in samplers[0]]
+    assert all(t.sequences == per_step for t in totals)

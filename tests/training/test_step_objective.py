@@ -106,8 +106,7 @@ def step_gradients(
         make_records(16, ul_every=3),
         tokenizer,
         micro_batch_size=micro,
-        ce_per_step=8 - ul,
-        ul_per_step=ul,
+        per_step={"ce": 8 - ul, "ul": ul},
         seed=7,
         loss_types=("ce", "ul"),
     )

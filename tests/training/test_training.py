@@ -105,8 +105,7 @@ def test_collated_labels_mask_exactly_prompt_and_padding(tiny_tokenizer):
     records = make_records([3, 12, 107, 5], ul_every=2)
     suffix = " Reason briefly."
     dm = RecordsDataModule(
-        records, tiny_tokenizer, prompt_format=PromptFormat(suffix=suffix), micro_batch_size=4, ce_per_step=2,
-        ul_per_step=2,
+        records, tiny_tokenizer, prompt_format=PromptFormat(suffix=suffix), micro_batch_size=4, per_step={"ce": 2, "ul": 2},
     )
     batch = next(iter(dm.train_dataloader()))
     by_id = {r["prompt_id"]: r for r in records}
@@ -175,13 +174,13 @@ def test_loss_type_default_unknown_and_uncovered(tiny_tokenizer):
     dm.setup()
     assert dm.report["by_loss_type"] == {"ce": 4}
 
-    sft = RecordsDataModule(records, tiny_tokenizer, loss_types=("ce",))
+    sft = RecordsDataModule(records, tiny_tokenizer, per_step={"ce": 2, "ul": 1}, loss_types=("ce",))
     sft.setup()
     assert sft.report["dropped_no_loss_term"] == {"ul": 2} and sft.report["n_train"] == 2
 
     records[3]["loss_type"] = "UL"
-    with pytest.raises(ValueError, match=r"row 3 \(prompt_id='p3'\): loss_type='UL'"):
-        RecordsDataModule(records, tiny_tokenizer).setup()
+    with pytest.raises(ValueError, match=r"row 3 \(prompt_id='p3'\): loss_type='UL' has neither"):
+        RecordsDataModule(records, tiny_tokenizer, per_step={"ce": 2, "ul": 1}).setup()
 
 
 # ---- the module -----------------------------------------------------------------------------
@@ -417,8 +416,8 @@ def test_logger_strategy_and_callback_configs(tmp_path, monkeypatch):
     names = sorted(type(lg).__name__ for lg in trainer.loggers)
     assert names == ["CSVLogger", "TensorBoardLogger", "WandbLogger"] and skipped == []
     assert trainer.accumulate_grad_batches == (
-        cfg.train.ce_per_step + cfg.train.ul_per_step
-    ) // cfg.train.micro_batch_size
+        sum(cfg.train.per_step.values()) // cfg.train.micro_batch_size
+    )
 
     quiet = compose(tmp_path, loggers=("none",))
     trainer, skipped = build_trainer(quiet)
@@ -433,7 +432,7 @@ def test_logger_strategy_and_callback_configs(tmp_path, monkeypatch):
     bad.trainer.accumulate_grad_batches = 2
     with pytest.raises(ValueError, match="derived"):
         build_trainer(bad)
-    uneven = compose(tmp_path, ce_per_step=5, ul_per_step=1, micro_batch_size=4)
+    uneven = compose(tmp_path, per_step={"ce": 5, "ul": 1}, micro_batch_size=4)
     with pytest.raises(ValueError, match="multiple of"):
         build_trainer(uneven)
 
@@ -444,8 +443,7 @@ def test_train_student_with_packing_matches_padded_training(tmp_path, tiny_model
     weights = []
     for packing in (False, True):
         cfg = compose(
-            tmp_path / str(packing), loggers=(), micro_batch_size=2, ce_per_step=3,
-            ul_per_step=1, optimizer={"lr": 1e-3}, max_length=128, packing=packing,
+            tmp_path / str(packing), loggers=(), micro_batch_size=2, per_step={"ce": 3, "ul": 1}, optimizer={"lr": 1e-3}, max_length=128, packing=packing,
         )
         cfg.trainer.max_steps = 3
         cfg.trainer.enable_checkpointing = False
@@ -463,8 +461,7 @@ def test_train_student_end_to_end(tmp_path, tiny_model, tiny_tokenizer):
     cfg = compose(
         tmp_path,
         micro_batch_size=2,
-        ce_per_step=3,
-        ul_per_step=1,
+        per_step={"ce": 3, "ul": 1},
         optimizer={"lr": 1e-3},
         max_length=128,
     )
@@ -530,7 +527,7 @@ def test_train_student_end_to_end(tmp_path, tiny_model, tiny_tokenizer):
     assert sorted(lr_by_step) == list(range(total))
     hparams = yaml.safe_load(metrics_file.with_name("hparams.yaml").read_text())
     assert (
-        hparams["train"]["ce_per_step"] == 3
+        hparams["train"]["per_step"] == {"ce": 3, "ul": 1}
         and hparams["train"]["optimizer"]["_target_"] == "torch.optim.AdamW"
         and hparams["loss"]["terms"]["ul"]["weight"] == 1e-4
     )
@@ -570,7 +567,7 @@ def test_optimizer_and_scheduler_come_from_config(tmp_path, tiny_model, tiny_tok
     clipping), the gradient computed here from the objective written out by hand."""
     records = make_records([3, 4, 5, 6], ul_every=4)  # 3 CE + 1 UL: the one step holds them all
     cfg = compose(
-        tmp_path, loggers=(), micro_batch_size=2, ce_per_step=3, ul_per_step=1, max_length=128
+        tmp_path, loggers=(), micro_batch_size=2, per_step={"ce": 3, "ul": 1}, max_length=128
     )
     lr = 0.5
     cfg.train.optimizer = OmegaConf.create(
@@ -617,17 +614,17 @@ def test_bad_optimizer_settings_fail_when_the_module_is_made(tiny_model, tmp_pat
         train_student(cfg, make_records([1, 2]), tiny_model, None, tmp_path / "out")
 
 
-def test_ul_share_without_an_ul_term_is_ignored_and_said(tmp_path, tiny_model, tiny_tokenizer, caplog):
+def test_a_share_without_a_term_is_ignored_and_said(tmp_path, tiny_model, tiny_tokenizer, caplog):
     """loss=sft after an OXA_FULL preset: the UL records are left out, steps hold CE only."""
     import json
 
-    cfg = compose(tmp_path, loss="sft", ce_per_step=2, ul_per_step=1)
+    cfg = compose(tmp_path, loss="sft", per_step={"ce": 2, "ul": 1})
     records = make_records([1, 2, 3, 4])
     for r in records[:2]:
         r["loss_type"] = "ul"
     with caplog.at_level("WARNING"):
         train_student(cfg, records, tiny_model, tiny_tokenizer, tmp_path / "o")
-    assert "train.ul_per_step=1 is ignored" in caplog.text
+    assert "train.per_step.ul=1 is ignored" in caplog.text
     report = json.loads((tmp_path / "o" / "train_report.json").read_text())
     assert report["accumulate_grad_batches"] * cfg.train.micro_batch_size == 2
 
@@ -638,9 +635,10 @@ DDP_SCRIPT = textwrap.dedent(
     from pathlib import Path
     from omegaconf import OmegaConf
     tests_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
-    sys.path.insert(0, str(tests_dir))
+    sys.path[:0] = [str(tests_dir), str(tests_dir / "training")]
     from conftest import TINY_CORPUS
     from test_training import compose, make_records
+    from reasonft.config import CONF_DIR
     from reasonft.models.loading import random_student
     from reasonft.models.tokenizer import train_tokenizer
     from reasonft.training.train import train_student
@@ -650,8 +648,8 @@ DDP_SCRIPT = textwrap.dedent(
              "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2, "max_position_embeddings": 512}
     model = random_student(shape, seed=0)
-    cfg = compose(out, micro_batch_size=1, ce_per_step=5, ul_per_step=3, max_length=128)
-    cfg.strategy = OmegaConf.load(tests_dir.parent / "conf" / "strategy" / "ddp.yaml")
+    cfg = compose(out, micro_batch_size=1, per_step={"ce": 5, "ul": 3}, max_length=128)
+    cfg.strategy = OmegaConf.load(CONF_DIR / "strategy" / "ddp.yaml")
     cfg.trainer.devices = 2
     cfg.callbacks.pop("progress_bar")
     train_student(cfg, make_records(list(range(3, 19)), ul_every=3), model, tokenizer, out / "out")

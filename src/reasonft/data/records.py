@@ -28,7 +28,9 @@ SCORE_COLUMNS = (
 )
 SELECT_COLUMNS = ("loss_type", "selected_by")
 
-LOSS_TYPES = ("ce", "ul")
+# The kind of a training record without a `loss_type` (record kinds are the loss terms'
+# `loss_type`s, each with its share of the step in `train.per_step`).
+DEFAULT_LOSS_TYPE = "ce"
 
 
 def as_dataset(records: datasets.Dataset | list[dict[str, Any]]) -> datasets.Dataset:

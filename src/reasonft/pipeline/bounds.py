@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 # Groups whose nodes are not method components (paths need Hydra's runtime to resolve).
 SKIPPED_GROUPS = ("hydra", "paths")
@@ -130,12 +130,12 @@ PATH_BOUNDS: dict[str, Bound] = {
     "seed": SEED,
     "train.seed": SEED,
     "train.micro_batch_size": POSITIVE_COUNT,
-    "train.ce_per_step": at_least(0),
-    "train.ul_per_step": at_least(0),
     "train.max_length": at_least(2),
     "train.chunk_tokens": POSITIVE_COUNT,
     "train.num_workers": at_least(0),
 }
+# Rules for every value of a mapping whose keys are open: the record kinds of train.per_step.
+MAPPING_BOUNDS: dict[str, Bound] = {"train.per_step": at_least(0)}
 
 
 def _relations(path: str, target: str, node: DictConfig) -> Iterator[str]:
@@ -217,6 +217,13 @@ def bound_problems(cfg: DictConfig) -> list[str]:
             problem = _violation(key, node[leaf], bound)
             if problem:
                 problems.append(problem)
+    for key, bound in MAPPING_BOUNDS.items():
+        node = OmegaConf.select(cfg, key)
+        if isinstance(node, DictConfig):
+            for name in node:
+                problem = _violation(f"{key}.{name}", node[name], bound)
+                if problem:
+                    problems.append(problem)
     problems.extend(_walk(cfg, ""))
     return list(dict.fromkeys(problems))
 

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from datasets.fingerprint import generate_random_fingerprint
 from datasets.table import InMemoryTable
 
-from reasonft.data.records import LOSS_TYPES, SCORE_COLUMNS, SELECT_COLUMNS, require_columns
+from reasonft.data.records import SCORE_COLUMNS, SELECT_COLUMNS, require_columns
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +150,16 @@ class Selector(ABC):
         self.sources = as_names(sources)
         self.exclude_sources = as_names(exclude_sources)
         self.seed = int(seed)
-        if self.loss_type not in LOSS_TYPES:
+        if not isinstance(self.loss_type, str) or not self.loss_type:
             raise ValueError(
-                f"{type(self).__name__}: loss_type {self.loss_type!r} not in {LOSS_TYPES}"
+                f"{type(self).__name__}: loss_type {self.loss_type!r} must name a record kind "
+                "(a loss term's loss_type, with its share in train.per_step)"
             )
+
+    @property
+    def loss_types(self) -> tuple[str, ...]:
+        """The record kinds its selection yields (start-up checks each has a loss term)."""
+        return (self.loss_type,)
 
     @property
     def requires(self) -> frozenset[str]:

@@ -38,6 +38,11 @@ class OXASelector:
         )
 
     @property
+    def loss_types(self) -> tuple[str, ...]:
+        """The record kinds its selection yields: promote's, then suppress's."""
+        return tuple(dict.fromkeys([*self.promote.loss_types, *self.suppress.loss_types]))
+
+    @property
     def requires(self) -> frozenset[str]:
         """What both parts read (ppl and correct with the official settings)."""
         return self.promote.requires | self.suppress.requires

@@ -33,7 +33,10 @@ class Train(Stage):
         c = self.config
         loss = build("loss", c.loss)
         check_strategy(c.get("strategy"))
-        check_train_config(c, loss)
+        # The kinds of record the planned selection yields, each needing a term or a share.
+        select = run.stages.get("select")
+        kinds = select.selector.loss_types if select is not None and "select" in run.plan.stages else ()
+        check_train_config(c, loss, record_kinds=kinds)
         check_importable(c, "logger")
         check_importable(c, "callbacks")
 

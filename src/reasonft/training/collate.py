@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from reasonft.data.prompts import IGNORE_INDEX, PromptFormat
-from reasonft.data.records import LOSS_TYPES
 
 
 def encode_record(
@@ -23,9 +22,10 @@ class Collator:
     """Right-pads a list of examples into a training batch.
 
     Each example has `input_ids`, `labels` (-100 over the prompt), `loss_type_id` (index into
-    `loss_types`) and `prompt_id`. The batch holds `input_ids`, `attention_mask`, `labels`
-    (-100 over prompt and padding) [B, L], `loss_type` [B] (ids), `loss_types` (the names the
-    ids index) and `prompt_id` (list, for error messages).
+    `loss_types`), `prompt_id` and the record `columns` the loss terms read. The batch holds
+    `input_ids`, `attention_mask`, `labels` (-100 over prompt and padding) [B, L], `loss_type`
+    [B] (ids), `loss_types` (the names the ids index), `prompt_id` (list, for error messages)
+    and `columns` (name -> [B] tensor).
 
     With `packing`, the model input is padding-free as well: the sequences laid end to end in one
     row, `packed_input_ids` and `packed_position_ids` [1, T] (positions restart at 0 for each
@@ -35,7 +35,11 @@ class Collator:
     """
 
     def __init__(
-        self, pad_token_id: int, loss_types: Sequence[str] = LOSS_TYPES, packing: bool = False
+        self,
+        pad_token_id: int,
+        loss_types: Sequence[str],
+        packing: bool = False,
+        columns: Sequence[str] = (),
     ) -> None:
         if pad_token_id is None:
             raise ValueError(
@@ -45,6 +49,7 @@ class Collator:
         self.pad_token_id = int(pad_token_id)
         self.loss_types = tuple(loss_types)
         self.packing = bool(packing)
+        self.columns = tuple(columns)
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not examples:
@@ -77,6 +82,7 @@ class Collator:
             "loss_type": loss_type,
             "loss_types": self.loss_types,
             "prompt_id": [ex.get("prompt_id") for ex in examples],
+            "columns": {name: torch.as_tensor([ex[name] for ex in examples]) for name in self.columns},
         }
         if self.packing:
             batch.update(pack(input_ids, attention_mask))

@@ -1,30 +1,27 @@
-"""LightningDataModule over training records: tokenise, apply the length limit, mix CE/UL batches.
+"""LightningDataModule over training records: tokenise, apply the length limit, mix the record
+kinds' pools into optimiser steps (`train.per_step`).
 
 The Trainer must be built with `use_distributed_sampler=False` (conf/trainer/default.yaml sets
 it): the MixedBatchSampler already gives each rank its share, and Lightning would otherwise wrap
-it in a DistributedSampler and break the fixed CE/UL composition of the optimiser step. Every
-micro-batch carries its step's totals (`batch["step_totals"]`, see step_totals.py).
+it in a DistributedSampler and break the fixed composition of the optimiser step. The sampler
+yields each micro-batch's record indices with its step's totals, and `MicroBatches` collates them
+into the batch (`batch["step_totals"]`, see step_totals.py).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import datasets
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from reasonft.data.prompts import IGNORE_INDEX, PromptFormat
-from reasonft.data.records import LOSS_TYPES, as_dataset, require_columns
+from reasonft.data.records import DEFAULT_LOSS_TYPE, as_dataset, require_columns
 from reasonft.training.collate import Collator, encode_record
-from reasonft.training.sampler import MixedBatchSampler
-from reasonft.training.step_totals import (
-    CollateWithStepTotals,
-    RecordsWithStepTotals,
-    StepTotalsBatches,
-)
+from reasonft.training.sampler import PER_STEP_KEY, MixedBatchSampler
 
 OVERLENGTH_POLICIES = ("drop", "truncate")
 KEPT = ("ok", "truncated")
@@ -39,6 +36,7 @@ def _encode_batch(
     max_length: int,
     overlength: str,
     loss_types: tuple[str, ...],
+    known_types: tuple[str, ...],
 ) -> dict[str, list[Any]]:
     """Tokenise a batch of records and tag each with its fate (`status`)."""
     out: dict[str, list[Any]] = {"input_ids": [], "labels": [], "loss_type_id": [], "status": []}
@@ -53,9 +51,11 @@ def _encode_batch(
         where = f"train records row {row} (prompt_id={prompt_id!r})"
         if not isinstance(problem, str) or not isinstance(response, str):
             raise TypeError(f"{where}: `prompt` and `response` must be strings")
-        if loss_type not in LOSS_TYPES and loss_type not in loss_types:
-            known = sorted(set(LOSS_TYPES) | set(loss_types))
-            raise ValueError(f"{where}: loss_type={loss_type!r}; expected one of {known}")
+        if loss_type not in known_types:
+            raise ValueError(
+                f"{where}: loss_type={loss_type!r} has neither a loss term (loss.terms) nor a "
+                f"share of the step ({PER_STEP_KEY}); expected one of {sorted(known_types)}"
+            )
         ids: list[int] = []
         labels: list[int] = []
         if loss_type not in loss_types:
@@ -80,11 +80,15 @@ def _encode_batch(
 
 
 class RecordsDataModule(pl.LightningDataModule):
-    """Training records (`prompt_id`, `prompt`, `response`, optional `loss_type`) -> micro-batches.
+    """Training records (`prompt_id`, `prompt`, `response`, optional `loss_type`, default
+    `ce`) -> micro-batches.
 
-    `loss_types` are the record types the loss trains on (`LossComposition.loss_types`); records
-    of another known type are dropped and counted (e.g. UL records under an SFT loss).
-    `num_replicas`/`rank` are used only when no Trainer is attached.
+    `loss_types` are the record types the loss trains on (`LossComposition.loss_types`; by
+    default every kind of `per_step`, itself `{ce: 8}` by default), each with its share of
+    every step in `per_step`; records of a type that has a `per_step` entry
+    but no term are dropped and counted (e.g. UL records under an SFT loss), records of a type
+    with neither stop the run. `columns` are the record columns the terms read
+    (`LossComposition.columns`). `num_replicas`/`rank` are used only when no Trainer is attached.
     """
 
     def __init__(
@@ -95,12 +99,12 @@ class RecordsDataModule(pl.LightningDataModule):
         max_length: int = 512,
         overlength: str = "drop",
         micro_batch_size: int = 1,
-        ce_per_step: int = 8,
-        ul_per_step: int = 0,
+        per_step: Mapping[str, int] | None = None,
         epoch_end: str = "shortest",
         seed: int = 0,
         num_workers: int = 0,
-        loss_types: Sequence[str] = LOSS_TYPES,
+        loss_types: Sequence[str] | None = None,
+        columns: Sequence[str] = (),
         group_by_length: bool = False,
         packing: bool = False,
         num_replicas: int = 1,
@@ -113,6 +117,8 @@ class RecordsDataModule(pl.LightningDataModule):
             )
         if max_length < 2:
             raise ValueError(f"train.max_length={max_length} must be at least 2")
+        per_step = dict(per_step) if per_step is not None else {DEFAULT_LOSS_TYPE: 8}
+        loss_types = tuple(per_step) if loss_types is None else tuple(loss_types)
         if not loss_types:
             raise ValueError("datamodule: loss_types is empty; pass LossComposition.loss_types")
         self.records = as_dataset(records)
@@ -121,12 +127,12 @@ class RecordsDataModule(pl.LightningDataModule):
         self.max_length = max_length
         self.overlength = overlength
         self.micro_batch_size = micro_batch_size
-        self.ce_per_step = ce_per_step
-        self.ul_per_step = ul_per_step
+        self.per_step = per_step
         self.epoch_end = epoch_end
         self.seed = seed
         self.num_workers = num_workers
-        self.loss_types = tuple(loss_types)
+        self.loss_types = loss_types
+        self.columns = tuple(columns)
         self.group_by_length = group_by_length
         self.packing = packing
         self.num_replicas = num_replicas
@@ -143,8 +149,9 @@ class RecordsDataModule(pl.LightningDataModule):
     def _tokenise(self) -> datasets.Dataset:
         ds = self.records
         require_columns(ds, ("prompt_id", "prompt", "response"), "train")
+        require_columns(ds, self.columns, "train (columns the loss terms read)")
         if "loss_type" not in ds.column_names:
-            ds = ds.add_column("loss_type", ["ce"] * len(ds))
+            ds = ds.add_column("loss_type", [DEFAULT_LOSS_TYPE] * len(ds))
         encoded = ds.map(
             _encode_batch,
             batched=True,
@@ -155,8 +162,11 @@ class RecordsDataModule(pl.LightningDataModule):
                 "max_length": self.max_length,
                 "overlength": self.overlength,
                 "loss_types": self.loss_types,
+                "known_types": tuple(dict.fromkeys([*self.loss_types, *self.per_step])),
             },
-            remove_columns=[c for c in ds.column_names if c not in ("prompt_id", "loss_type")],
+            remove_columns=[
+                c for c in ds.column_names if c not in ("prompt_id", "loss_type", *self.columns)
+            ],
             desc="tokenise training records",
         )
         statuses = encoded["status"]
@@ -184,7 +194,14 @@ class RecordsDataModule(pl.LightningDataModule):
                 "train.max_length, use train.overlength=truncate, or pick a loss whose terms "
                 "cover the records' loss_type."
             )
-        train_set = encoded.select(keep).select_columns(TRAIN_COLUMNS)
+        train_set = encoded.select(keep).select_columns([*TRAIN_COLUMNS, *self.columns])
+        for column in self.columns:
+            nulls = [i for i, value in enumerate(train_set[column]) if value is None]
+            if nulls:
+                raise ValueError(
+                    f"train: column {column!r}, which a loss term reads, is null on {len(nulls)} "
+                    f"training record(s) (prompt_id={train_set[nulls[0]]['prompt_id']!r} first)"
+                )
         self.report["n_tokens"] = int(sum(len(ids) for ids in train_set["input_ids"]))
         return train_set
 
@@ -222,8 +239,7 @@ class RecordsDataModule(pl.LightningDataModule):
         sampler = MixedBatchSampler(
             [self.loss_types[i] for i in self.train_set["loss_type_id"]],
             micro_batch_size=self.micro_batch_size,
-            ce_per_step=self.ce_per_step,
-            ul_per_step=self.ul_per_step,
+            per_step=self.per_step,
             num_replicas=world_size,
             rank=rank,
             seed=self.seed,
@@ -236,7 +252,7 @@ class RecordsDataModule(pl.LightningDataModule):
         if trainer_accumulation not in (None, sampler.accumulate_grad_batches):
             raise ValueError(
                 f"trainer.accumulate_grad_batches={trainer_accumulation} but "
-                f"(train.ce_per_step + train.ul_per_step) / (train.micro_batch_size * world_size) "
+                f"sum({PER_STEP_KEY}) / (train.micro_batch_size * world_size) "
                 f"= {sampler.accumulate_grad_batches}; build the Trainer through train_student, "
                 "which derives it"
             )
@@ -245,11 +261,14 @@ class RecordsDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.sampler = self.build_sampler()
-        collate = Collator(self.tokenizer.pad_token_id, self.loss_types, packing=self.packing)
+        collate = Collator(
+            self.tokenizer.pad_token_id, self.loss_types, packing=self.packing, columns=self.columns
+        )
+        # batch_size=None: the sampler yields whole micro-batches, which MicroBatches collates.
         self.loader = ResumableDataLoader(
-            RecordsWithStepTotals(self.train_set),
-            batch_sampler=StepTotalsBatches(self.sampler),
-            collate_fn=CollateWithStepTotals(collate),
+            MicroBatches(self.train_set, collate),
+            sampler=self.sampler,
+            batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -271,6 +290,22 @@ class RecordsDataModule(pl.LightningDataModule):
             self.loader.resume(state["epoch"], state["micro_batches"])
 
 
+class MicroBatches(Dataset):
+    """The collated micro-batch for what the sampler yields: `{"indices", "step_totals"}`."""
+
+    def __init__(self, records: Sequence[dict[str, Any]], collate: Collator) -> None:
+        self.records = records
+        self.collate = collate
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, micro_batch: dict[str, Any]) -> dict[str, Any]:
+        batch = self.collate([self.records[int(i)] for i in micro_batch["indices"]])
+        batch["step_totals"] = micro_batch["step_totals"]
+        return batch
+
+
 class ResumableDataLoader(DataLoader):
     """Counts the micro-batches handed out in the current epoch; `resume(epoch, n)` makes the
     next pass over that epoch start at micro-batch n (the sampler skips those before it)."""
@@ -284,7 +319,7 @@ class ResumableDataLoader(DataLoader):
         self._resume = (int(epoch), int(micro_batches))
 
     def __iter__(self) -> Iterator[Any]:
-        sampler = self.batch_sampler.sampler
+        sampler = self.sampler
         start = 0
         if self._resume is not None and self._resume[0] == sampler.epoch:
             start = self._resume[1] if self._resume[1] < len(sampler) else 0

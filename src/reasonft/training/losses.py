@@ -1,7 +1,8 @@
-"""Loss terms over per-token log-probabilities, and their weighted composition (METHODS §1b-§1c).
+"""Loss terms over a micro-batch's per-token inputs, and their weighted composition (METHODS §1b-§1c).
 
-A term turns `log p(y_t)` into a per-token loss, keeps the tokens of the sequences whose
-`loss_type` it serves, and reduces them:
+A term turns its inputs (`LossInputs`: `log p(y_t)`, the model's entropy at each position, the
+scored-token mask and the batch's per-record columns) into a per-token loss, keeps the tokens of
+the sequences whose `loss_type` it serves, and reduces them:
 
 - `reduction="token"`: sum over the term's tokens / the term's token count;
 - `reduction="sequence"`: sum over the term's sequences of each sequence's token mean / the
@@ -15,7 +16,10 @@ a step's micro-batches and ranks of `LossComposition`'s total is exactly
 whatever the micro-batch size, accumulation and world size; StudentModule scales the returned
 loss so that Lightning's accumulation and DDP's gradient averaging give that sum's gradient.
 
-A new term is a new `LossTerm` subclass plus a `conf/loss/*.yaml` that names it.
+A new term is a new `LossTerm` subclass plus a `conf/loss/*.yaml` that names it; a new kind of
+record is a term with a new `loss_type` and that kind's share of every step in `train.per_step`.
+A term that reads a record column (a per-record weight) names it in `columns`: the datamodule
+keeps it and the batch carries it as a `[B]` tensor.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -36,8 +41,51 @@ UL_MAX_LOGP = math.log1p(-1e-6)
 _LOG_HALF = math.log(0.5)
 
 
+@dataclass(frozen=True)
+class LossInputs:
+    """What every term of one micro-batch sees. `logp`, `entropy` [B, L] (0 where not scored;
+    both carry gradient), `mask` [B, L] the scored tokens, `loss_type` [B] each record's index
+    into `loss_types`, `columns` the record columns the terms asked for, each a [B] tensor."""
+
+    logp: Tensor
+    entropy: Tensor
+    mask: Tensor
+    loss_type: Tensor
+    loss_types: tuple[str, ...]
+    columns: Mapping[str, Tensor]
+
+    @classmethod
+    def of(
+        cls,
+        logp: Tensor,
+        mask: Tensor,
+        loss_type: Tensor,
+        loss_types: Sequence[str],
+        entropy: Tensor | None = None,
+        columns: Mapping[str, Tensor] | None = None,
+    ) -> LossInputs:
+        """Inputs of a hand-made batch; the entropy 0 where it was not computed."""
+        return cls(
+            logp=logp,
+            entropy=torch.zeros_like(logp) if entropy is None else entropy,
+            mask=mask,
+            loss_type=loss_type,
+            loss_types=tuple(loss_types),
+            columns=dict(columns or {}),
+        )
+
+    def rows_of(self, loss_type: str) -> Tensor:
+        """[B] bool: the records of `loss_type`."""
+        if loss_type not in self.loss_types:
+            return torch.zeros_like(self.loss_type, dtype=torch.bool)
+        return self.loss_type == self.loss_types.index(loss_type)
+
+
 class LossTerm(ABC):
     """One weighted loss term applied to the sequences of one `loss_type`."""
+
+    # Record columns the term reads (`LossInputs.columns`), numeric and set on every record.
+    columns: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, weight: float = 1.0, reduction: str = "token", loss_type: str = "ce"
@@ -53,19 +101,16 @@ class LossTerm(ABC):
         self.loss_type = loss_type
 
     @abstractmethod
-    def token_loss(self, logp: Tensor) -> Tensor:
-        """Elementwise loss of tokens with log-probability `logp` (any shape)."""
+    def token_loss(self, inputs: LossInputs) -> Tensor:
+        """[B, L] loss of every position (only the term's scored tokens are kept; the others
+        must be finite)."""
 
-    def sum_and_count(
-        self, logp: Tensor, mask: Tensor, seq_selector: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """(sum over reduction units, number of units); units are tokens or sequences.
-
-        `logp` [B, L] log-probabilities; `mask` [B, L] the scored (response) tokens;
-        `seq_selector` [B] the sequences this term applies to. The sum carries gradient.
-        """
-        keep = mask.bool() & seq_selector.bool()[:, None]
-        values = self.token_loss(logp[keep])
+    def sum_and_count(self, inputs: LossInputs) -> tuple[Tensor, Tensor]:
+        """(sum over reduction units, number of units) over the scored tokens of the records of
+        this term's `loss_type`; units are tokens or sequences. The sum carries gradient."""
+        logp = inputs.logp
+        keep = inputs.mask.bool() & inputs.rows_of(self.loss_type)[:, None]
+        values = self.token_loss(inputs)[keep]
         if self.reduction == "token":
             return values.sum(), keep.sum()
         per_token = values.new_zeros(logp.shape).index_put(keep.nonzero(as_tuple=True), values)
@@ -74,9 +119,9 @@ class LossTerm(ABC):
         seq_means = per_token.sum(dim=1)[has_tokens] / n_tokens[has_tokens]
         return seq_means.sum(), has_tokens.sum()
 
-    def __call__(self, logp: Tensor, mask: Tensor, seq_selector: Tensor) -> Tensor:
+    def __call__(self, inputs: LossInputs) -> Tensor:
         """The term's (unweighted) reduced value; 0 when it has no tokens in the batch."""
-        total, count = self.sum_and_count(logp, mask, seq_selector)
+        total, count = self.sum_and_count(inputs)
         return total / count.clamp(min=1)
 
     def __repr__(self) -> str:
@@ -89,8 +134,8 @@ class LossTerm(ABC):
 class CrossEntropyTerm(LossTerm):
     """Negative log-likelihood `-log p(y_t)`."""
 
-    def token_loss(self, logp: Tensor) -> Tensor:
-        return -logp
+    def token_loss(self, inputs: LossInputs) -> Tensor:
+        return -inputs.logp
 
 
 def log1m_exp(logp: Tensor) -> Tensor:
@@ -104,11 +149,17 @@ def log1m_exp(logp: Tensor) -> Tensor:
     )
 
 
-class UnlikelihoodTerm(LossTerm):
-    """Unlikelihood `-log(1 - p(y_t))`, with `log p` clamped at `log(1 - 1e-6)` (METHODS §1b)."""
+def unlikelihood(logp: Tensor) -> Tensor:
+    """`-log(1 - p)` of tokens with log-probability `logp` (any shape), `log p` clamped at
+    `log(1 - 1e-6)` (METHODS §1b)."""
+    return -log1m_exp(logp.clamp(max=UL_MAX_LOGP))
 
-    def token_loss(self, logp: Tensor) -> Tensor:
-        return -log1m_exp(logp.clamp(max=UL_MAX_LOGP))
+
+class UnlikelihoodTerm(LossTerm):
+    """Unlikelihood `-log(1 - p(y_t))` (`unlikelihood`)."""
+
+    def token_loss(self, inputs: LossInputs) -> Tensor:
+        return unlikelihood(inputs.logp)
 
 
 @dataclass(frozen=True)
@@ -151,25 +202,18 @@ class LossComposition:
         """The record `loss_type`s some term trains on, in term order."""
         return tuple(dict.fromkeys(term.loss_type for term in self.terms.values()))
 
-    def __call__(
-        self,
-        logp: Tensor,
-        target_mask: Tensor,
-        loss_type_ids: Tensor,
-        loss_types: Sequence[str],
-        step_totals: StepTotals | None = None,
-    ) -> LossOutput:
-        """Apply every term to the sequences whose `loss_types[loss_type_ids[b]]` is its type,
-        normalised by the step's count of the term's units (`step_totals`) or, without it, by
-        this micro-batch's own count."""
-        total = logp.new_zeros(())
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The record columns some term reads."""
+        return tuple(dict.fromkeys(c for term in self.terms.values() for c in term.columns))
+
+    def __call__(self, inputs: LossInputs, step_totals: StepTotals | None = None) -> LossOutput:
+        """Apply every term to the records of its `loss_type`, normalised by the step's count
+        of the term's units (`step_totals`) or, without it, by this micro-batch's own count."""
+        total = inputs.logp.new_zeros(())
         values: dict[str, TermValue] = {}
         for name, term in self.terms.items():
-            if term.loss_type in loss_types:
-                selector = loss_type_ids == loss_types.index(term.loss_type)
-            else:
-                selector = torch.zeros_like(loss_type_ids, dtype=torch.bool)
-            term_sum, count = term.sum_and_count(logp, target_mask, selector)
+            term_sum, count = term.sum_and_count(inputs)
             if step_totals is None:
                 value = term_sum / count.clamp(min=1)
             else:

@@ -3,8 +3,9 @@
 Per-token log-probs and entropies come from one chunked pass (`token_logprobs`): the
 `[batch, length, vocab]` logits never exist whole.
 
-Each term is normalised by its count over the whole optimiser step, which the micro-batch carries
-(`batch["step_totals"]`, from the sampler); the sum of the micro-batches' losses over the step and
+Each term receives the micro-batch's `LossInputs` (log-probs, entropies, scored-token mask, record
+kinds and the record columns it reads) and is normalised by its count over the whole optimiser
+step, which the micro-batch carries (`batch["step_totals"]`, plain data from the sampler); the sum of the micro-batches' losses over the step and
 all ranks is then the step's objective, and `training_step` returns its micro-batch's part times
 `accumulate_grad_batches * world_size`, undoing Lightning's division by the accumulation and
 DDP's gradient averaging over ranks, so the step's gradient is exactly the objective's. A batch
@@ -39,7 +40,7 @@ from torch import Tensor
 
 from reasonft.data.prompts import IGNORE_INDEX
 from reasonft.scoring.logprobs import token_logprobs
-from reasonft.training.losses import LossComposition, LossOutput
+from reasonft.training.losses import LossComposition, LossInputs, LossOutput
 from reasonft.training.schedules import warmup_cosine
 from reasonft.training.step_totals import StepTotals
 
@@ -143,10 +144,15 @@ class StudentModule(pl.LightningModule):
             logp, entropy = token_logprobs(
                 self.model, batch["input_ids"], batch["attention_mask"], target_mask, self.chunk_tokens
             )
-        out = self.loss(
-            logp, target_mask, batch["loss_type"], batch["loss_types"], batch.get("step_totals")
+        inputs = LossInputs(
+            logp=logp,
+            entropy=entropy,
+            mask=target_mask,
+            loss_type=batch["loss_type"],
+            loss_types=tuple(batch["loss_types"]),
+            columns=batch.get("columns") or {},
         )
-        return out, entropy.detach(), target_mask
+        return self.loss(inputs, step_totals_of(batch)), entropy.detach(), target_mask
 
     def _packed_logprobs(self, batch: dict[str, Any], target_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Log-probs and entropies from one padding-free forward pass over the packed row (no
@@ -172,9 +178,10 @@ class StudentModule(pl.LightningModule):
         if self.trainer.strategy.reduce_boolean_decision(not finite, all=False):
             self.on_nonfinite_loss(batch, batch_idx, out, finite)
         self.record_micro_batch(batch, out, entropy, target_mask)
-        if batch.get("step_totals") is None:
+        totals = step_totals_of(batch)
+        if totals is None:
             return out.total
-        self._step_totals = batch["step_totals"]
+        self._step_totals = totals
         return out.total * self.gradient_scale()
 
     def gradient_scale(self) -> int:
@@ -307,6 +314,12 @@ class StudentModule(pl.LightningModule):
                 "name": "lr",
             },
         }
+
+
+def step_totals_of(batch: dict[str, Any]) -> StepTotals | None:
+    """The step totals a sampled micro-batch carries as plain data (None for a hand-made batch)."""
+    totals = batch.get("step_totals")
+    return None if totals is None else StepTotals.from_dict(totals)
 
 
 def takes_total_steps(factory: SchedulerFactory) -> bool:

@@ -7,13 +7,14 @@ Config keys read (all others are ignored; the whole resolved config is logged as
   `train.scheduler`: a partial called with `(optimizer, total_steps=...)`, or null (constant lr).
 - `train.{chunk_tokens, gradient_checkpointing}`: module.
 - `data.{prompt_suffix, chat_template, system_prompt, response_end}`: the prompt format.
-- `train.{max_length, overlength, micro_batch_size, ce_per_step, ul_per_step, epoch_end, seed,
-  num_workers, group_by_length, packing}`: data.
+- `train.{max_length, overlength, micro_batch_size, per_step, epoch_end, seed, num_workers,
+  group_by_length, packing}`: data. `train.per_step` maps each record kind (a loss term's
+  `loss_type`) to its sequences per optimiser step.
 - `train.ckpt_path`: passed to `Trainer.fit` (`last`, a path, or null).
 - `trainer`: a `pytorch_lightning.Trainer` node, instantiated with `strategy`, `logger` and
   `callbacks` built from the groups below; `accumulate_grad_batches` is derived as
-  `(train.ce_per_step + train.ul_per_step) / (train.micro_batch_size * trainer.world_size)` and
-  must not be set.
+  `sum(train.per_step) / (train.micro_batch_size * trainer.world_size)` (the pools some term
+  trains on) and must not be set.
 - `strategy`: a node with `_target_` (a Strategy class) or with only `name` (a Lightning
   strategy name: auto, ddp, fsdp, deepspeed_stage_2, ...); absent means auto.
 - `logger`: mapping name -> logger node (empty: no logger); `callbacks`: mapping name ->
@@ -23,6 +24,7 @@ Config keys read (all others are ignored; the whole resolved config is logged as
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,12 @@ from reasonft.training.datamodule import RecordsDataModule
 from reasonft.training.losses import LossComposition
 from reasonft.training.module import StudentModule
 from reasonft.training.precision import is_pure_low_precision, precision_note
-from reasonft.training.sampler import accumulation_steps
+from reasonft.training.sampler import (
+    EPOCH_END_RULES,
+    PER_STEP_KEY,
+    accumulation_steps,
+    check_per_step,
+)
 from reasonft.training.strategies import full_state_dict
 
 log = logging.getLogger(__name__)
@@ -60,30 +67,59 @@ def build_strategy(node: DictConfig | None) -> Strategy | str:
     )
 
 
-def ul_share(loss: LossComposition, train: DictConfig) -> int:
-    """UL sequences per step: `train.ul_per_step` when a loss term trains on UL records, else 0
-    (the selection's UL records are then left out of training, and said so once, at start-up)."""
-    if train.ul_per_step > 0 and "ul" not in loss.loss_types:
-        log.warning(
-            "train.ul_per_step=%s is ignored: the loss (%r) has no term on UL records, which are "
-            "left out; each step holds train.ce_per_step=%s CE sequences",
-            train.ul_per_step, loss, train.ce_per_step,
-        )
-        return 0
-    return int(train.ul_per_step)
+def step_shares(loss: LossComposition, per_step: Mapping[str, int]) -> dict[str, int]:
+    """`train.per_step` as the sampler takes it: every term's `loss_type` must have an entry; a
+    kind with a share but no term (UL records under an SFT loss) gets 0, its records are left
+    out of training, and that is said once, at start-up."""
+    shares = check_per_step(per_step)
+    for name, term in loss.terms.items():
+        if term.loss_type not in shares:
+            raise ValueError(
+                f"loss.terms.{name} trains on `{term.loss_type}` records, but {PER_STEP_KEY} "
+                f"({shares}) gives them no share of the step; set "
+                f"{PER_STEP_KEY}.{term.loss_type}"
+            )
+    for kind, share in shares.items():
+        if share > 0 and kind not in loss.loss_types:
+            shares[kind] = 0
+            kept = {k: v for k, v in shares.items() if v}
+            log.warning(
+                "%s.%s=%s is ignored: the loss (%r) has no term on `%s` records, which are left "
+                "out; each step holds %s",
+                PER_STEP_KEY, kind, share, loss, kind, kept,
+            )
+    return shares
 
 
-def build_trainer(cfg: DictConfig, ul_per_step: int | None = None) -> tuple[pl.Trainer, list[str]]:
-    """The Trainer from `cfg.trainer`/`strategy`/`logger`/`callbacks`, with derived accumulation.
+def check_record_kinds(
+    loss: LossComposition, per_step: Mapping[str, int], record_kinds: Iterable[str]
+) -> None:
+    """Records of a kind (e.g. a selection's `loss_type`s) with neither a term nor a share of
+    the step would stop the fit: say so at start-up."""
+    for kind in record_kinds:
+        if kind not in loss.loss_types and kind not in per_step:
+            raise ValueError(
+                f"{PER_STEP_KEY}: the selection yields `{kind}` records, but no loss term "
+                f"(loss.terms: {loss.loss_types}) trains on them and {PER_STEP_KEY} "
+                f"({dict(per_step)}) has no entry for them; add a term with loss_type: {kind} "
+                f"and {PER_STEP_KEY}.{kind}, or {PER_STEP_KEY}.{kind}=0 to leave them out"
+            )
+
+
+def build_trainer(
+    cfg: DictConfig, per_step: Mapping[str, int] | None = None
+) -> tuple[pl.Trainer, list[str]]:
+    """The Trainer from `cfg.trainer`/`strategy`/`logger`/`callbacks`, with derived accumulation
+    (from `per_step`, the shares the loss trains on; `cfg.train.per_step` when not given).
 
     Returns the trainer and the names of callbacks left out (LearningRateMonitor without logger).
     """
     if "accumulate_grad_batches" in cfg.trainer:
         raise ValueError(
-            "trainer.accumulate_grad_batches is derived from (train.ce_per_step + "
-            "train.ul_per_step) / (train.micro_batch_size * world size); remove it from the "
-            "trainer config"
+            f"trainer.accumulate_grad_batches is derived from sum({PER_STEP_KEY}) / "
+            "(train.micro_batch_size * world size); remove it from the trainer config"
         )
+    per_step = check_per_step(cfg.train.per_step if per_step is None else per_step)
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node]
     callbacks, skipped = [], []
     for name, node in (cfg.get("callbacks") or {}).items():
@@ -103,9 +139,7 @@ def build_trainer(cfg: DictConfig, ul_per_step: int | None = None) -> tuple[pl.T
     # Set after construction, once the strategy knows the world size (Lightning's
     # GradientAccumulationScheduler sets this attribute the same way).
     trainer.accumulate_grad_batches = accumulation_steps(
-        cfg.train.ce_per_step + (cfg.train.ul_per_step if ul_per_step is None else ul_per_step),
-        cfg.train.micro_batch_size,
-        trainer.world_size,
+        sum(per_step.values()), cfg.train.micro_batch_size, trainer.world_size
     )
     return trainer, skipped
 
@@ -142,13 +176,24 @@ def check_takes_steps(trainer: DictConfig) -> None:
             )
 
 
-def check_train_config(cfg: DictConfig, loss: LossComposition) -> None:
-    """At start-up: the optimiser and schedule build (on a probe parameter), and the Trainer
-    builds with its strategy and the derived accumulation, so that a wrongly typed value or an
-    impossible size stops before any stage runs."""
+def check_train_config(
+    cfg: DictConfig, loss: LossComposition, record_kinds: Iterable[str] = ()
+) -> None:
+    """At start-up: every term's kind has a share of the step and every kind the selection
+    yields (`record_kinds`) a term or a share, the optimiser and schedule build (on a probe
+    parameter), and the Trainer builds with its strategy and the derived accumulation, so that
+    a wrongly typed value or an impossible size stops before any stage runs."""
     from reasonft.training.module import check_optimization
 
     check_takes_steps(cfg.trainer)
+    shares = step_shares(loss, cfg.train.per_step)
+    check_record_kinds(loss, shares, record_kinds)
+    epoch_end = cfg.train.epoch_end
+    if epoch_end not in EPOCH_END_RULES and epoch_end not in shares:
+        raise ValueError(
+            f"train.epoch_end={epoch_end!r}; choose one of {EPOCH_END_RULES} or a pool of "
+            f"{PER_STEP_KEY} ({list(shares)})"
+        )
     precision = cfg.trainer.get("precision")
     note = precision_note(precision, (cfg.get("model") or {}).get("dtype"))
     if note:
@@ -161,7 +206,7 @@ def check_train_config(cfg: DictConfig, loss: LossComposition) -> None:
     with open_dict(quiet):  # no files, no runs: the loggers and callbacks are checked elsewhere
         quiet.logger, quiet.callbacks = {}, {}
     try:
-        build_trainer(quiet, ul_share(loss, cfg.train))
+        build_trainer(quiet, shares)
     except (TypeError, ValueError) as err:
         raise type(err)(f"trainer/train: {err}") from err
     except Exception as err:
@@ -199,8 +244,8 @@ def train_student(
     train = cfg.train
     pl.seed_everything(train.seed, workers=True)
     loss = instantiate(cfg.loss)
-    ul_per_step = ul_share(loss, train)
-    trainer, skipped_callbacks = build_trainer(cfg, ul_per_step)
+    per_step = step_shares(loss, train.per_step)
+    trainer, skipped_callbacks = build_trainer(cfg, per_step)
     datamodule = RecordsDataModule(
         records,
         tokenizer,
@@ -208,12 +253,12 @@ def train_student(
         max_length=train.max_length,
         overlength=train.overlength,
         micro_batch_size=train.micro_batch_size,
-        ce_per_step=train.ce_per_step,
-        ul_per_step=ul_per_step,
-        epoch_end=train.epoch_end,
+        per_step=per_step,
+        epoch_end=str(train.epoch_end),
         seed=train.seed,
         num_workers=train.num_workers,
         loss_types=loss.loss_types,
+        columns=loss.columns,
         group_by_length=train.group_by_length,
         packing=train.packing,
     )
