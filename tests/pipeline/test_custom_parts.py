@@ -1,8 +1,9 @@
-"""A new stage and a new selector, each written here and nowhere else, run by `run.py` through
-overrides alone: the pipeline package knows neither of them."""
+"""A new stage, a new selector and a new loss term, each written here and nowhere else, run by
+`run.py` through overrides alone: the pipeline package knows none of them."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -12,16 +13,23 @@ from typing import Any, ClassVar
 
 import datasets
 import numpy as np
+import pytest
+from torch import Tensor
 
 from reasonft.config import PROJECT_ROOT
 from reasonft.io import write_json
 from reasonft.pipeline.stage import Facts, Stage, StageInputs
 from reasonft.selection.base import Selection, Selector
+from reasonft.training.losses import LossInputs, LossTerm
 
 HERE = "tests.pipeline.test_custom_parts"
 TINY_TOY = [
     "data.source.n_train=24", "data.source.n_test=6", "data.source.max_ops=2", "verify.workers=1",
     "logger=none", "callbacks.progress_bar=null",
+]
+TINY_STUDENT = [
+    "model.build.steps=10", "model.build.n_pretrain=200", "model.build.vocab_size=400",
+    "model.build.hidden_size=32", "model.build.intermediate_size=64",
 ]
 
 
@@ -39,6 +47,13 @@ class CorrectBySource(Stage):
         counts = Counter(s for s, ok in zip(pool["source"], pool["correct"], strict=True) if ok)
         write_json(dict(counts), out_dir / "correct_by_source.json")
         return {"sources": len(counts), "correct": sum(counts.values())}
+
+
+class HalvedCrossEntropy(LossTerm):
+    """Half the cross-entropy of each scored token."""
+
+    def token_loss(self, inputs: LossInputs) -> Tensor:
+        return -0.5 * inputs.logp
 
 
 class EveryOtherCorrect(Selector):
@@ -81,16 +96,26 @@ def test_a_stage_from_a_test_file_runs_from_run_py(tmp_path):
     assert again["stages"][key]["reused"]
 
 
-def test_a_selector_from_a_test_file_runs_from_run_py(tmp_path):
+def test_a_selector_and_a_loss_term_from_a_test_file_train_from_run_py(tmp_path):
+    """The test's selector picks the training set and the test's term trains beside CE on the same
+    records: the term's logged value is half of CE's at every step."""
     results = _run(
-        tmp_path, "select=all", f"select._target_={HERE}.EveryOtherCorrect",
-        "stages=[select,report]",
+        tmp_path, *TINY_STUDENT, "select=all", f"select._target_={HERE}.EveryOtherCorrect",
+        "loss=sft", f"+loss.terms.half._target_={HERE}.HalvedCrossEntropy",
+        "+loss.terms.half.loss_type=ce", "train.per_step={ce:4,ul:0}", "train.micro_batch_size=2",
+        "trainer.max_steps=2", "logger=csv", "stages=[train,report]",
     )
-    assert results["plan"] == ["verify", "select", "report"]
+    assert results["plan"] == ["base", "verify", "select", "train", "report"]
     (select,) = [v for k, v in results["stages"].items() if k.startswith("select:")]
     (verify,) = [v for k, v in results["stages"].items() if k.startswith("verify:")]
     correct = verify["report"]["status"]["correct"]
     assert select["report"]["n_selected"] == (correct + 1) // 2 > 0
+    (metrics,) = (tmp_path / "run").rglob("metrics.csv")
+    rows = [r for r in csv.DictReader(metrics.open()) if r.get("loss_half")]
+    assert len(rows) == 2
+    for row in rows:
+        assert float(row["loss_half"]) == pytest.approx(0.5 * float(row["loss_ce"]), rel=1e-5)
+        assert float(row["loss"]) == pytest.approx(1.5 * float(row["loss_ce"]), rel=1e-5)
 
 
 def test_a_stage_that_loads_no_model_never_asks_for_its_identity(tmp_path):
