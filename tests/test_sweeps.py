@@ -117,7 +117,7 @@ def test_each_corner_selects_enough(name, tmp_path_factory):
         cfg = _cfg([*chosen, "stages=[select]", f"paths.cache_dir={cache}"], tmp_path_factory.mktemp("run"))
         pipeline = Pipeline(cfg)
         pipeline.run()
-        report = pipeline.selected.meta()["summary"]
+        report = pipeline.built["select"].meta()["summary"]
         asked, selected = int(cfg.select.promote.n), report["n_by_loss_type"]["ce"]
         print(name, chosen, f"asked {asked}, selected {selected}")
         assert selected > 0, (name, chosen, report)
