@@ -66,7 +66,7 @@ def run_one(start: str, seed: int, out: Path, extra: list[str]) -> dict[str, Any
         cfg = compose("config", overrides=overrides)
     pipeline = Pipeline(cfg)
     pipeline.run()
-    art = pipeline.reinforced
+    art = pipeline.built["rl"]
     rows = [json.loads(x) for x in (art.path / "history.jsonl").read_text().splitlines() if x.strip()]
     report = json.loads((art.path / "rl_report.json").read_text())
     return summarise(start, seed, rows, report)
