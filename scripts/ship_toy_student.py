@@ -23,14 +23,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def default_builder(**changes: object):
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     import reasonft  # noqa: F401  (resolvers)
-    from reasonft.config import CONF_DIR
+    from reasonft.config import compose_config
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["paths.output_dir=/dev/null"])
+    cfg = compose_config(overrides=["paths.output_dir=/dev/null"])
     return instantiate(cfg.model.build, **changes), cfg
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from reasonft.config import CONF_DIR as CONF
 from reasonft.training.losses import (
     CrossEntropyTerm,
     LossComposition,
@@ -17,8 +17,6 @@ from reasonft.training.losses import (
     UnlikelihoodTerm,
 )
 from reasonft.training.step_totals import StepTotals
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def reference_ul(logp: float) -> float:

@@ -22,6 +22,7 @@ from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from reasonft.config import CONF_DIR as CONF
 from reasonft.data.prompts import PromptFormat
 from reasonft.scoring.logprobs import token_logprobs
 from reasonft.training.collate import Collator, pack
@@ -29,8 +30,6 @@ from reasonft.training.datamodule import RecordsDataModule
 from reasonft.training.losses import CrossEntropyTerm, LossComposition, UnlikelihoodTerm
 from reasonft.training.module import NonFiniteLossError, StudentModule
 from reasonft.training.train import build_strategy, build_trainer, train_student
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def make_records(values: list[int], ul_every: int = 0) -> list[dict]:
@@ -651,7 +650,7 @@ DDP_SCRIPT = textwrap.dedent(
              "num_key_value_heads": 2, "max_position_embeddings": 512}
     model = random_student(shape, seed=0)
     cfg = compose(out, micro_batch_size=1, ce_per_step=5, ul_per_step=3, max_length=128)
-    cfg.strategy = OmegaConf.load(tests_dir.parent / "conf" / "strategy" / "ddp.yaml")
+    cfg.strategy = OmegaConf.load(CONF / "strategy" / "ddp.yaml")
     cfg.trainer.devices = 2
     cfg.callbacks.pop("progress_bar")
     train_student(cfg, make_records(list(range(3, 19)), ul_every=3), model, tokenizer, out / "out")
