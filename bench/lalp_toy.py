@@ -75,11 +75,12 @@ def finished_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     jobs = []
     for results in sorted(sweep_dir.glob("*/results.json")):
         cfg = OmegaConf.load(results.parent / ".hydra" / "config.yaml")
+        report = json.loads(results.read_text())
         jobs.append({
-            "task_name": str(cfg.task_name),
+            "task_name": report["task_name"],  # as the run resolved it (.hydra/ keeps the interpolation)
             "seed": int(cfg.seed),
             "teacher": OmegaConf.select(cfg, "select.teacher"),
-            "results": json.loads(results.read_text()),
+            "results": report,
         })
     return jobs
 

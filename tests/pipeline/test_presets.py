@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 import reasonft  # noqa: F401  (resolvers)
-from reasonft.config import CONF_DIR
+from reasonft.config import CONF_DIR, compose_config, package_configs
 from reasonft.pipeline.startup import start
 
 PRESETS = [None] + sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -87,7 +88,7 @@ def _cases():
 @pytest.mark.slow
 def test_every_option_after_every_preset_starts(tmp_path):
     failures = []
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with package_configs():  # one Hydra start-up for the few hundred compositions
         for preset, group, option in _cases():
             overrides = [f"experiment={preset}"] if preset else []
             overrides += [f"{group}={option}", f"paths.output_dir={tmp_path}/run"]
@@ -100,7 +101,7 @@ def test_every_option_after_every_preset_starts(tmp_path):
                 overrides.append("generate@eval.generator=hf")
             if paper and not HAS_CUDA and group != "trainer":
                 overrides.append("trainer.accelerator=cpu")
-            cfg = compose("config", overrides=overrides)
+            cfg = compose_config(overrides=overrides)
             expected = _expected_error(preset, group, option, cfg.data.name)
             try:
                 start(cfg)
@@ -116,10 +117,9 @@ def test_every_option_after_every_preset_starts(tmp_path):
 
 @pytest.mark.skipif(HAS_VLLM or HAS_CUDA, reason="vLLM and a GPU are here")
 def test_paper_preset_on_a_cpu_machine_stops_at_startup_naming_what_is_missing(tmp_path):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        gpu = compose("config", overrides=["experiment=oxa_full_1.5b", f"paths.output_dir={tmp_path}"])
-        cpu = compose("config", overrides=["experiment=oxa_full_1.5b", f"paths.output_dir={tmp_path}",
-                                           "trainer.accelerator=cpu"])
+    gpu = compose_config(overrides=["experiment=oxa_full_1.5b", f"paths.output_dir={tmp_path}"])
+    cpu = compose_config(overrides=["experiment=oxa_full_1.5b", f"paths.output_dir={tmp_path}",
+                                    "trainer.accelerator=cpu"])
     with pytest.raises(ValueError, match="(?s)trainer: .*gpu"):
         start(gpu)
     with pytest.raises(ValueError, match="(?s)eval: .*vLLM"):
@@ -130,15 +130,36 @@ def test_toy_presets_score_given_the_prompt_and_the_lalp_study_keeps_its_student
     """The toy OXA presets read PPL given the prompt (the toy student never saw a response
     alone); the paper presets keep the official response-only PPL; the LALP study runs on the
     student its figures were measured with."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for preset in ("toy_sft", "toy_sft_lp", "toy_oxa_mle", "toy_oxa_full"):
-            cfg = compose("config", overrides=[f"experiment={preset}"])
-            assert cfg.score.method == "ppl" and cfg.score.condition_on_prompt is True, preset
-            assert cfg.model.build.pretrain_max_multiplier == 2, preset
-        for preset in ("oxa_full_1.5b", "sft_lp_7b"):
-            cfg = compose("config", overrides=[f"experiment={preset}"])
-            assert cfg.score.condition_on_prompt is False, preset
-        for preset in sorted(p.stem for p in (CONF_DIR / "experiment").glob("toy_lalp_*.yaml")):
-            build = compose("config", overrides=[f"experiment={preset}"]).model.build
-            assert list(build.pretrain_operators) == ["+", "-", "/"], preset
-            assert build.pretrain_max_multiplier is None and build.steps == 2200, preset
+    for preset in ("toy_sft", "toy_sft_lp", "toy_oxa_mle", "toy_oxa_full"):
+        cfg = compose_config(overrides=[f"experiment={preset}"])
+        assert cfg.score.method == "ppl" and cfg.score.condition_on_prompt is True, preset
+        assert cfg.model.build.pretrain_max_multiplier == 2, preset
+    for preset in ("oxa_full_1.5b", "sft_lp_7b"):
+        cfg = compose_config(overrides=[f"experiment={preset}"])
+        assert cfg.score.condition_on_prompt is False, preset
+    for preset in sorted(p.stem for p in (CONF_DIR / "experiment").glob("toy_lalp_*.yaml")):
+        build = compose_config(overrides=[f"experiment={preset}"]).model.build
+        assert list(build.pretrain_operators) == ["+", "-", "/"], preset
+        assert build.pretrain_max_multiplier is None and build.steps == 2200, preset
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, child in node.items() for k, v in _flat(child, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def _resolved(*overrides: str) -> dict[str, Any]:
+    cfg = compose_config(overrides=[*overrides, "paths.output_dir=/tmp/reasonft-presets-run"])
+    return _flat(OmegaConf.to_container(cfg, resolve=True))
+
+
+def test_task_name_is_the_chosen_experiment():
+    with package_configs():
+        for preset in PRESETS[1:]:
+            assert compose_config(overrides=[f"experiment={preset}"]).task_name == preset
+        assert compose_config().task_name == "toy_oxa_full"  # the default experiment
+        assert compose_config(overrides=["~experiment"]).task_name == "default"
+        assert compose_config(overrides=["experiment=toy_sft", "task_name=mine"]).task_name == "mine"
+    presets = [OmegaConf.load(CONF_DIR / "experiment" / f"{p}.yaml") for p in PRESETS[1:]]
+    assert not [p for p in presets if "task_name" in p]
