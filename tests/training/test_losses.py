@@ -7,9 +7,8 @@ import math
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from reasonft.config import CONF_DIR as CONF
+from reasonft.config import compose_option
 from reasonft.training.losses import (
     CrossEntropyTerm,
     LossComposition,
@@ -198,7 +197,7 @@ def test_a_new_term_is_just_a_subclass():
     ],
 )
 def test_loss_configs_instantiate(name, want):
-    comp = instantiate(OmegaConf.load(CONF / "loss" / f"{name}.yaml"))
+    comp = instantiate(compose_option("loss", name))  # its defaults list composed
     assert isinstance(comp, LossComposition)
     got = {key: (type(t), t.weight, t.reduction, t.loss_type) for key, t in comp.terms.items()}
     assert got == want
