@@ -20,8 +20,8 @@ PRESETS = [None] + sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml
 # Groups whose options carry different keys: switching them after a preset is where a preset
 # that patched an option's keys would break. Every option of every group is switched from the
 # default and from one paper preset; from every other preset, a rotating share of the selectors and
-# losses (the groups a preset picks; sized variants such as toy_oxa or oxa_7b are checked from the
-# first two).
+# losses (the groups a preset picks; sized variants such as toy_oxa or smollm2_oxa are checked from
+# the first two).
 OPTION_GROUPS = ("select", "loss")
 ALL_GROUPS = ("data", "model", "generate", "verify", "score", "select", "loss", "train", "trainer",
               "strategy", "logger", "callbacks", "eval")
@@ -56,7 +56,7 @@ def _expected_error(preset: str | None, group: str, option: str, data: str) -> s
         return "deepspeed"
     uses_self_samples = preset is None or preset.startswith(("toy_oxa_full", "oxa_full"))
     if group == "select":
-        uses_self_samples = option.endswith(("oxa", "oxa_7b", "confident_incorrect"))
+        uses_self_samples = option.endswith(("oxa", "confident_incorrect"))
     if group == "generate" and option == "vllm" and not HAS_VLLM and uses_self_samples:
         return "vLLM"
     if group == "eval" and option not in ("toy", "toy_small", "toy_quick") and not HAS_VLLM:
@@ -77,7 +77,7 @@ def _cases():
     """Every option of every group from EVERY_GROUP_FROM; from each other preset, a rotating sixth
     of the selectors and losses (every such option is still switched from four or more presets)."""
     switched = [(group, option) for group in OPTION_GROUPS for option in options(group)
-                if not option.startswith("toy_") and not option.endswith("_7b")]
+                if not option.startswith("toy_")]
     for i, preset in enumerate(PRESETS):
         if preset in EVERY_GROUP_FROM:
             yield from ((preset, group, option) for group in ALL_GROUPS for option in options(group))
@@ -163,3 +163,23 @@ def test_task_name_is_the_chosen_experiment():
         assert compose_config(overrides=["experiment=toy_sft", "task_name=mine"]).task_name == "mine"
     presets = [OmegaConf.load(CONF_DIR / "experiment" / f"{p}.yaml") for p in PRESETS[1:]]
     assert not [p for p in presets if "task_name" in p]
+
+
+@pytest.mark.parametrize("method", ["oxa_full", "oxa_mle", "sft", "sft_lp"])
+def test_a_7b_preset_is_its_1_5b_preset_at_scale_7b(method):
+    """scale= holds what the student's size changes (model, learning rate, the promote window's
+    mu); `experiment=<method>_1.5b scale=7b` is the 7B preset."""
+    with package_configs():
+        small, large = _resolved(f"experiment={method}_1.5b"), _resolved(f"experiment={method}_7b")
+        switched = _resolved(f"experiment={method}_1.5b", "scale=7b")
+    # (model.path is each size's environment variable, both unset here or not)
+    differ = {k for k in small.keys() | large.keys() if small.get(k) != large.get(k)} - {"model.path"}
+    mu = {"oxa_full": {"select.promote.mu"}, "oxa_mle": {"select.mu"}}.get(method, set())
+    assert differ == {"task_name", "train.optimizer.lr", "model.name", *mu}, differ
+    assert (small["train.optimizer.lr"], large["train.optimizer.lr"]) == (2.5e-4, 5.0e-5)
+    assert (small["model.name"], large["model.name"]) == ("qwen2.5-math-1.5b", "qwen2.5-math-7b")
+    for key in mu:
+        assert (small[key], large[key]) == (2.5, 3.0)
+    assert {k: v for k, v in switched.items() if k != "task_name"} == {
+        k: v for k, v in large.items() if k != "task_name"
+    }
