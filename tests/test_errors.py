@@ -37,7 +37,7 @@ CASES = [
 
 def _start(tmp_path, overrides: list[str]) -> None:
     cfg = compose_config(overrides=[*overrides, f"paths.output_dir={tmp_path}",
-                                       f"paths.cache_dir={tmp_path}/cache"])
+                                    f"paths.cache_dir={tmp_path}/cache"])
     start(cfg)
 
 

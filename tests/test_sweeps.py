@@ -74,7 +74,7 @@ def corners(name: str) -> list[list[str]]:
 
 def _cfg(overrides: list[str], tmp_path: Path, hydra: bool = False):
     return compose_config(overrides=[*overrides, f"paths.output_dir={tmp_path}/run"],
-                   return_hydra_config=hydra)
+                          return_hydra_config=hydra)
 
 
 def test_every_shipped_sweep_is_found():

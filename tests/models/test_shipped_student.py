@@ -23,7 +23,7 @@ from reasonft.pipeline.runner import Pipeline
 
 def _default_cfg(tmp_path, *extra: str):
     return compose_config(overrides=[f"paths.output_dir={tmp_path}/run",
-                                        f"paths.cache_dir={tmp_path}/cache", *extra])
+                                     f"paths.cache_dir={tmp_path}/cache", *extra])
 
 
 def _default_builder(tmp_path, *extra: str) -> toy.ToyStudentBuilder:
