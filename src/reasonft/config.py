@@ -70,7 +70,7 @@ def package_configs() -> Any:
 def compose_config(overrides: Sequence[str] = (), *, return_hydra_config: bool = False) -> DictConfig:
     """The run's config as `python run.py <overrides>` composes it from the package's configs,
     with `task_name` already the chosen experiment's name (outside a Hydra app nothing else could
-    tell it). Inside an initialised Hydra (run.py, a test's `initialize`) it composes there."""
+    tell it). Inside an initialised Hydra (run.py, `package_configs()`) it composes there."""
     from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
 
@@ -112,14 +112,10 @@ def group_option(group: str, option: str) -> Path:
 
 
 def compose_option(group: str, option: str, seed: int = 42) -> DictConfig:
-    """One option of a config group composed by Hydra (its own defaults list included), its
-    values resolved, `${seed}` taken as `seed`: what the notebook API builds a component from."""
-    from hydra import compose
-
+    """One option of a config group as a run without an experiment preset composes it (its own
+    defaults list included, `${seed}` taken as `seed`), its values resolved: what the notebook API
+    builds a component from."""
     group_option(group, option)  # a clear error for an unknown option
-    with package_configs():
-        root = compose(f"{group}/{option}")
-    with open_dict(root):
-        root.seed = seed
+    root = compose_config([f"{group}={option}", "~experiment", f"seed={seed}"])
     node = OmegaConf.select(root, group.replace("/", "."))
     return OmegaConf.create(OmegaConf.to_container(node, resolve=True))

@@ -183,3 +183,14 @@ def test_a_7b_preset_is_its_1_5b_preset_at_scale_7b(method):
     assert {k: v for k, v in switched.items() if k != "task_name"} == {
         k: v for k, v in large.items() if k != "task_name"
     }
+
+
+def test_an_option_switched_after_a_7b_preset_keeps_its_own_keys():
+    """The window's centre follows scale=7b into select=ppl_gaussian wherever it is chosen, and
+    a selector without a window gets no mu."""
+    with package_configs():
+        lowest = compose_config(overrides=["experiment=oxa_full_7b", "select=ppl_lowest"]).select
+        gaussian = compose_config(overrides=["experiment=sft_7b", "select=ppl_gaussian"]).select
+        toy = compose_config(overrides=["select=ppl_gaussian"]).select  # scale=default
+    assert "promote" not in lowest and "mu" not in lowest
+    assert (gaussian.mu, toy.mu) == (3.0, 2.5)
