@@ -44,19 +44,25 @@ def launch_dir() -> str:
     return os.getcwd()
 
 
-def experiment_name(choices: Any = None) -> str:
-    """`task_name`: the experiment preset the run chose (`default` with experiment=null), read
-    from Hydra's choices (`choices`, or the running app's)."""
+def experiment_name(choices: Any) -> str:
+    """`task_name`: the experiment preset Hydra's `choices` hold (`default` with ~experiment)."""
+    return str(choices.get("experiment") or NO_EXPERIMENT)
+
+
+def _task_name(*, _root_: DictConfig) -> str:
+    """`${reasonft.experiment:}`: the chosen experiment, from the running Hydra app, else from the
+    config's own `hydra` node (a multirun's sweeper is built before any job sets the app's)."""
     from hydra.core.hydra_config import HydraConfig
 
+    if HydraConfig.initialized():
+        return experiment_name(HydraConfig.get().runtime.choices)
+    choices = OmegaConf.select(_root_, "hydra.runtime.choices")
     if choices is None:
-        if not HydraConfig.initialized():
-            raise ValueError(
-                "task_name: no Hydra run to take the chosen experiment's name from; compose with "
-                "reasonft.config.compose_config(...), or set task_name=<name>"
-            )
-        choices = HydraConfig.get().runtime.choices
-    return str(choices.get("experiment") or NO_EXPERIMENT)
+        raise ValueError(
+            "task_name: no Hydra run to take the chosen experiment's name from; compose with "
+            "reasonft.config.compose_config(...), or set task_name=<name>"
+        )
+    return experiment_name(choices)
 
 
 def package_configs() -> Any:
@@ -94,7 +100,7 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("reasonft.launch_dir"):
         OmegaConf.register_new_resolver("reasonft.launch_dir", launch_dir)
     if not OmegaConf.has_resolver("reasonft.experiment"):
-        OmegaConf.register_new_resolver("reasonft.experiment", experiment_name)
+        OmegaConf.register_new_resolver("reasonft.experiment", _task_name)
     if not OmegaConf.has_resolver("reasonft.slug"):
         OmegaConf.register_new_resolver("reasonft.slug", slug)
     if not OmegaConf.has_resolver("reasonft.unique"):

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from hydra import compose
 from omegaconf import OmegaConf
 
 import reasonft  # noqa: F401  (resolvers)
@@ -161,6 +162,10 @@ def test_task_name_is_the_chosen_experiment():
         assert compose_config().task_name == "toy_oxa_full"  # the default experiment
         assert compose_config(overrides=["~experiment"]).task_name == "default"
         assert compose_config(overrides=["experiment=toy_sft", "task_name=mine"]).task_name == "mine"
+        # A multirun's sweeper is built from the composed config before any job sets Hydra's.
+        sweep = compose("config", overrides=["hparams_search=oxa_optuna", "experiment=toy_sft"],
+                        return_hydra_config=True)
+        assert sweep.hydra.sweeper.study_name == "oxa_toy_sft"
     presets = [OmegaConf.load(CONF_DIR / "experiment" / f"{p}.yaml") for p in PRESETS[1:]]
     assert not [p for p in presets if "task_name" in p]
 
