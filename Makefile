@@ -82,7 +82,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench run.py
 
 # The default toy student ships with the project (src/reasonft/models/shipped/): rebuild it on this
-# machine and ship it (after a change to conf/model/toy.yaml or the build code), or rebuild it and
+# machine and ship it (after a change to src/reasonft/conf/model/toy.yaml or the build code), or rebuild it and
 # compare with the shipped bytes (the same CPU kernel path gives the same bytes).
 toy-student: $(VENV)/.installed
 	$(PY) scripts/ship_toy_student.py

@@ -1,4 +1,5 @@
-"""reasonft entry point: `python run.py [overrides]` runs the configured stages (conf/config.yaml)."""
+"""reasonft entry point: `python run.py [overrides]` runs the configured stages (the
+package's reasonft/conf/config.yaml)."""
 
 import os
 
@@ -13,7 +14,7 @@ import reasonft  # noqa: F401  (registers the config resolvers)
 from reasonft.pipeline.runner import run_pipeline
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://reasonft.conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
         return run_pipeline(cfg)

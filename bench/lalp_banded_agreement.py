@@ -31,14 +31,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rank_correlation import kendall_tau_b, spearman
 
-from reasonft.config import CONF_DIR
+from reasonft.config import compose_config
 from reasonft.data.prompts import PromptFormat
 from reasonft.models.loading import load_student, load_tokenizer
 from reasonft.scoring.lalp import WindowSpec
@@ -55,8 +54,7 @@ def window_arg(text: str) -> WindowSpec:
 def student_and_pool(overrides: list[str], n_prompts: int | None) -> tuple[Any, Any, Any, Any]:
     """The base student (built into the shared cache if absent), its tokenizer, the score config
     and the teacher pool (every teacher's response to the first `n_prompts` train prompts)."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose("config", overrides=["experiment=toy_lalp_rank", *overrides])
+    cfg = compose_config(overrides=["experiment=toy_lalp_rank", *overrides])
     path = instantiate(cfg.model.build).build(cfg.paths.cache_dir)
     model = load_student(path, dtype=cfg.model.dtype).eval()
     tokenizer = load_tokenizer(path)

@@ -37,7 +37,6 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
@@ -46,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rank_correlation import kendall_tau_b, spearman
 
-from reasonft.config import CONF_DIR
+from reasonft.config import compose_config
 from reasonft.data.prompts import PromptFormat
 from reasonft.io import read_records
 from reasonft.models.loading import load_student, load_tokenizer
@@ -58,11 +57,6 @@ USES = ("toy_lalp_rank", "toy_lalp_random", "toy_lalp_galp_top", "toy_lalp_lalp_
 CURATIONS = ("random", "galp_top", "lalp_top", "lalp_lowest")
 WINDOWS: tuple[int | float, ...] = (1, 2, 4, 8, 0.1, 0.25, 0.5, 0.75)
 GREEDY, SAMPLED = "toy_test_greedy", "toy_test"
-
-
-def compose_config(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose("config", overrides=list(overrides))
 
 
 def run_multirun(sweep_dir: Path, overrides: list[str]) -> None:
@@ -81,11 +75,12 @@ def finished_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     jobs = []
     for results in sorted(sweep_dir.glob("*/results.json")):
         cfg = OmegaConf.load(results.parent / ".hydra" / "config.yaml")
+        report = json.loads(results.read_text())
         jobs.append({
-            "task_name": str(cfg.task_name),
+            "task_name": report["task_name"],  # as the run resolved it (.hydra/ keeps the interpolation)
             "seed": int(cfg.seed),
             "teacher": OmegaConf.select(cfg, "select.teacher"),
-            "results": json.loads(results.read_text()),
+            "results": report,
         })
     return jobs
 
@@ -261,7 +256,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     out: Path = args.out.resolve()
-    cfg = compose_config("experiment=toy_lalp_rank")
+    cfg = compose_config(["experiment=toy_lalp_rank"])
     teachers = [str(t) for t in cfg.data.source.teachers]
     seeds = ",".join(str(s) for s in args.seeds)
     if not args.collect_only:

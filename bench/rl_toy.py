@@ -54,16 +54,14 @@ COLUMNS = (
 
 
 def run_one(start: str, seed: int, out: Path, extra: list[str]) -> dict[str, Any]:
-    from hydra import compose, initialize_config_dir
 
-    from reasonft.config import CONF_DIR
+    from reasonft.config import compose_config
     from reasonft.pipeline.runner import Pipeline
 
     preset, stages = STARTS[start]
     overrides = [f"experiment={preset}", stages, f"rl.seed={seed}", "logger=csv",
                  f"paths.output_dir={out / f'{start}-seed{seed}'}", *extra]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config(overrides=overrides)
     pipeline = Pipeline(cfg)
     pipeline.run()
     art = pipeline.built["rl"]

@@ -25,13 +25,12 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from reasonft.config import CONF_DIR
+from reasonft.config import compose_config
 from reasonft.data.prompts import PromptFormat
 from reasonft.generation.hf import HFGenerator
 from reasonft.models.loading import load_student, load_tokenizer
@@ -50,8 +49,7 @@ def _value(text: str) -> Any:
 def default_world_and_build() -> tuple[Any, dict[str, Any]]:
     """The default toy world and the default `model.build` settings, resolved (the prompt format
     interpolates data keys) and without the world, to update and instantiate with `world=`."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["model=toy", "data=toy"])
+    cfg = compose_config(overrides=["model=toy", "data=toy"])
     build = OmegaConf.to_container(cfg.model.build, resolve=True)
     return instantiate(cfg.data.source), {k: v for k, v in build.items() if k != "world"}
 

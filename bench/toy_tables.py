@@ -28,9 +28,8 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from reasonft.config import CONF_DIR
+from reasonft.config import compose_config
 from reasonft.console import quiet_libraries
 from reasonft.io import read_records
 
@@ -51,8 +50,7 @@ EXTRA: list[str] = []
 def run(overrides: list[str], out: Path) -> Any:
     from reasonft.pipeline.runner import Pipeline
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, *EXTRA, f"paths.output_dir={out}", "logger=none"])
+    cfg = compose_config(overrides=[*overrides, *EXTRA, f"paths.output_dir={out}", "logger=none"])
     pipeline = Pipeline(cfg)
     pipeline.run()
     return pipeline

@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ MODEL = {
     "rms_norm_eps": 1e-6,
 }
 LR, BETAS, WEIGHT_DECAY, CLIP = 1e-5, (0.9, 0.95), 0.1, 1.0
-TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "train" / "default.yaml"
+TRAIN_CONFIG = Path(str(resources.files("reasonft.conf"))) / "train" / "default.yaml"
 
 
 def configured_chunk_tokens() -> int:

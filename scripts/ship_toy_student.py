@@ -1,7 +1,7 @@
 """Build the default toy student on this machine and ship it with the project
 (src/reasonft/models/shipped/<name>/ with SHIPPED.json): what `make toy-student` runs.
 
-The student is the one conf/model/toy.yaml describes (with `shipped=false`: built here, never
+The student is the one src/reasonft/conf/model/toy.yaml describes (with `shipped=false`: built here, never
 copied from the shipped one). Folders of earlier shipped students with the same settings are
 removed, so one student ships per setting. `--check` rebuilds into a scratch cache and compares
 the weights with the shipped ones instead of shipping (what tests/models/test_shipped_student.py
@@ -23,14 +23,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def default_builder(**changes: object):
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     import reasonft  # noqa: F401  (resolvers)
-    from reasonft.config import CONF_DIR
+    from reasonft.config import compose_config
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["paths.output_dir=/dev/null"])
+    cfg = compose_config(overrides=["paths.output_dir=/dev/null"])
     return instantiate(cfg.model.build, **changes), cfg
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SFT vs SFT_LP vs OXA_MLE vs OXA_FULL on the toy world (conf/experiment/toy_*.yaml), three
+# SFT vs SFT_LP vs OXA_MLE vs OXA_FULL on the toy world (src/reasonft/conf/experiment/toy_*.yaml), three
 # training seeds each: one Hydra multirun of 4 x 3 jobs. Stages whose inputs a job shares with an
 # earlier one (the world, the base student, its samples and their scores) are reused from the
 # content-addressed artifacts. multirun/<date>_<id>/comparison.md (+ .json, .png) compares every

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from reasonft.config import CONF_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,7 +23,7 @@ def _bench(name: str):
 
 
 def test_train_throughput_measures_the_configured_chunk_tokens(capsys):
-    configured = OmegaConf.load(ROOT / "conf" / "train" / "default.yaml").chunk_tokens
+    configured = OmegaConf.load(CONF_DIR / "train" / "default.yaml").chunk_tokens
     bench = _bench("train_throughput")
     assert bench.TrainRun(steps=2, warmup=0, batch=1, length=8).chunk_tokens == configured
     with pytest.raises(SystemExit):

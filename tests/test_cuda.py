@@ -220,9 +220,8 @@ def test_chunked_logprobs_keep_cuda_memory_far_below_the_logits() -> None:
 def test_train_stage_on_cuda_keeps_fp32_master_weights_from_a_bf16_model(tmp_path) -> None:
     """model.dtype=bfloat16 with trainer=gpu (bf16-mixed), through the pipeline's train stage:
     parameters and AdamW moments stay float32 on the device (training/precision.py)."""
-    from hydra import compose, initialize_config_dir
 
-    from reasonft.config import CONF_DIR
+    from reasonft.config import compose_config
     from reasonft.pipeline.runner import Pipeline
 
     tiny = [
@@ -232,11 +231,10 @@ def test_train_stage_on_cuda_keeps_fp32_master_weights_from_a_bf16_model(tmp_pat
         "experiment=toy_sft", "select.n=8", "train.per_step.ce=4", "train.micro_batch_size=2",
         "trainer.max_steps=2", "logger=none", "callbacks.progress_bar=null",
     ]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            *tiny, "trainer=gpu", "model.dtype=bfloat16", "stages=[train]",
-            f"paths.cache_dir={tmp_path}/cache", f"paths.output_dir={tmp_path}/run",
-        ])
+    cfg = compose_config(overrides=[
+        *tiny, "trainer=gpu", "model.dtype=bfloat16", "stages=[train]",
+        f"paths.cache_dir={tmp_path}/cache", f"paths.output_dir={tmp_path}/run",
+    ])
     pipeline = Pipeline(cfg)
     pipeline.run()
     ckpt_dir = pipeline.store.path("train", pipeline.key("train")).with_suffix(".checkpoints")

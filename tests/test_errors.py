@@ -9,10 +9,9 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 import reasonft  # noqa: F401  (resolvers)
-from reasonft.config import CONF_DIR, PROJECT_ROOT
+from reasonft.config import PROJECT_ROOT, compose_config
 from reasonft.errors import TRACEBACK_HINT, RunFailed, cause_message, stop
 from reasonft.pipeline.startup import start
 
@@ -37,9 +36,8 @@ CASES = [
 
 
 def _start(tmp_path, overrides: list[str]) -> None:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, f"paths.output_dir={tmp_path}",
-                                           f"paths.cache_dir={tmp_path}/cache"])
+    cfg = compose_config(overrides=[*overrides, f"paths.output_dir={tmp_path}",
+                                    f"paths.cache_dir={tmp_path}/cache"])
     start(cfg)
 
 

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 from conftest import BENCHMARKS, needs_shared
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 import reasonft  # noqa: F401  (resolvers)
-from reasonft.config import CONF_DIR, PROJECT_ROOT
+from reasonft.config import PROJECT_ROOT, compose_config
 from reasonft.pipeline.runner import Pipeline
 from reasonft.pipeline.startup import start
 
@@ -147,44 +146,39 @@ def expected_error(overrides: list[str]) -> str | None:
 @pytest.mark.slow
 @pytest.mark.parametrize("command", run_commands())
 def test_readme_command_composes_and_starts(command, placeholders, tmp_path):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        if command in EXPECTED_TO_FAIL:
-            with pytest.raises(Exception, match=re.escape(EXPECTED_TO_FAIL[command])):
-                compose("config", overrides=shlex.split(command)[2:])
-            return
-        for overrides in expand(command, placeholders):
-            hydra_keys = any(o.startswith("hydra") for o in overrides)
-            cfg = compose(
-                "config",
-                overrides=[*overrides, f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache"],
-                return_hydra_config=hydra_keys,
-            )
-            expected = expected_error(overrides)
-            if expected is None:
+    if command in EXPECTED_TO_FAIL:
+        with pytest.raises(Exception, match=re.escape(EXPECTED_TO_FAIL[command])):
+            compose_config(overrides=shlex.split(command)[2:])
+        return
+    for overrides in expand(command, placeholders):
+        hydra_keys = any(o.startswith("hydra") for o in overrides)
+        cfg = compose_config(
+            overrides=[*overrides, f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache"],
+            return_hydra_config=hydra_keys,
+        )
+        expected = expected_error(overrides)
+        if expected is None:
+            start(cfg)
+        else:
+            with pytest.raises(Exception, match=f"(?s){expected}"):
                 start(cfg)
-            else:
-                with pytest.raises(Exception, match=f"(?s){expected}"):
-                    start(cfg)
 
 
 def test_the_startup_errors_the_readme_quotes_are_the_ones_printed(tmp_path):
     pairs = quoted_startup_errors()
     assert any(o == "train.micro_batch_size=3" for o, _ in pairs), pairs
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for override, message in pairs:
-            with pytest.raises(Exception) as raised:
-                cfg = compose("config", overrides=[override, f"paths.output_dir={tmp_path}",
-                                                   f"paths.cache_dir={tmp_path}/cache"])
-                start(cfg)
-            assert message in " ".join(str(raised.value).split()), (override, str(raised.value))
+    for override, message in pairs:
+        with pytest.raises(Exception) as raised:
+            cfg = compose_config(overrides=[override, f"paths.output_dir={tmp_path}",
+                                            f"paths.cache_dir={tmp_path}/cache"])
+            start(cfg)
+        assert message in " ".join(str(raised.value).split()), (override, str(raised.value))
 
 
 def _run(overrides: list[str], tmp_path: Path) -> Pipeline:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[*overrides, f"paths.output_dir={tmp_path}/run", f"paths.cache_dir={tmp_path}/cache"],
-        )
+    cfg = compose_config(
+        overrides=[*overrides, f"paths.output_dir={tmp_path}/run", f"paths.cache_dir={tmp_path}/cache"],
+    )
     pipeline = Pipeline(cfg)
     pipeline.run()
     return pipeline
@@ -222,11 +216,10 @@ def test_every_recipe_of_the_multirun_runs_end_to_end(recipe, shared_cache, tmp_
     files = {"ckpt": "", "jsonl": "", "parquet": ""}  # the command names no file
     [job] = [j for j in expand(FOUR_RECIPES, files) if f"experiment={recipe}" in j and "seed=1" in j]
     promote = [f"{PROMOTE_KEY[recipe]}.{s}" for s in WIDE_PROMOTE] if recipe in PROMOTE_KEY else []
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            *job, *TINY_TOY, *promote, "logger=csv", "trainer.max_epochs=1",
-            f"paths.output_dir={tmp_path}/run", f"paths.cache_dir={shared_cache}",
-        ])
+    cfg = compose_config(overrides=[
+        *job, *TINY_TOY, *promote, "logger=csv", "trainer.max_epochs=1",
+        f"paths.output_dir={tmp_path}/run", f"paths.cache_dir={shared_cache}",
+    ])
     pipeline = Pipeline(cfg)
     pipeline.run()
     assert {"train", "evaluate"} <= {a.stage for a in pipeline.artifacts}

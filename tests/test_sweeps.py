@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from omegaconf import OmegaConf
 
 import reasonft  # noqa: F401  (resolvers)
-from reasonft.config import CONF_DIR, PROJECT_ROOT
+from reasonft.config import CONF_DIR, PROJECT_ROOT, compose_config
 from reasonft.pipeline.runner import Pipeline
 from reasonft.pipeline.startup import start
 
@@ -74,9 +73,8 @@ def corners(name: str) -> list[list[str]]:
 
 
 def _cfg(overrides: list[str], tmp_path: Path, hydra: bool = False):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[*overrides, f"paths.output_dir={tmp_path}/run"],
-                       return_hydra_config=hydra)
+    return compose_config(overrides=[*overrides, f"paths.output_dir={tmp_path}/run"],
+                          return_hydra_config=hydra)
 
 
 def test_every_shipped_sweep_is_found():

@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from reasonft.config import CONF_DIR
+from reasonft.config import compose_config
 from reasonft.data.prompts import build_prompt
 from reasonft.data.toy import ToyWorld
 from reasonft.data.toy.problems import Operation, Problem
@@ -166,8 +165,7 @@ def test_mixed_shows_every_operation_with_its_operands():
 
 
 def compose_preset(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose("config", overrides=list(overrides))
+    return compose_config(overrides=list(overrides))
 
 
 def test_toy_lalp_data_option_extends_toy():

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 from conftest import REFERENCE, needs_shared
 from omegaconf import OmegaConf
 
+from reasonft.config import CONF_DIR as CONF
 from reasonft.data.prompts import OXA_SUFFIX, PromptFormat
 from reasonft.training.collate import encode_record
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 QWEN_TOKENIZER_CONFIG = REFERENCE / "qwen2.5-math-1.5b.tokenizer_config.json"
 # The stock Qwen2.5-Math chat template gives a system message of its own when none is given;
 # the official OXA checkpoints ("...-no_sys") and the reference config have that branch removed.

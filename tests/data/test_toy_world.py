@@ -7,15 +7,14 @@ import itertools
 import re
 from collections import Counter
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from reasonft.config import CONF_DIR as CONF
 from reasonft.data.toy import ToyWorld
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 RELIABLE = ("terse", "numbered", "verbose")
 BOXED = re.compile(r"\\boxed\{(-?\d+)\}")
 

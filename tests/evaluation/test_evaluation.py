@@ -14,7 +14,6 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from pytorch_lightning.loggers import CSVLogger
 
-from reasonft.config import CONF_DIR
 from reasonft.evaluation.evaluate import Evaluator
 from reasonft.evaluation.metrics import benchmark_metrics
 from reasonft.evaluation.passk import pass_at_k
@@ -282,7 +281,7 @@ def _compose(tmp_path: Path, option: str, overrides=()):
     primary = tmp_path / "primary"
     primary.mkdir(exist_ok=True)
     (primary / "eval_only.yaml").write_text(
-        f"hydra:\n  searchpath:\n    - file://{CONF_DIR}\n"
+        "hydra:\n  searchpath:\n    - pkg://reasonft.conf\n"
         "defaults:\n  - paths: default\n  - eval: toy\n  - _self_\nseed: 42\n"
     )
     with initialize_config_dir(config_dir=str(primary), version_base="1.3"):

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from pytorch_lightning.loggers import CSVLogger
 from test_evaluation import ExactVerifier, FakeSource, ScriptedGenerator
 
 import reasonft  # noqa: F401  (resolvers)
-from reasonft.config import CONF_DIR
+from reasonft.config import compose_config
 from reasonft.data.prompts import PromptFormat
 from reasonft.evaluation.callback import EvaluationCallback
 from reasonft.evaluation.evaluate import Evaluator
@@ -135,10 +134,9 @@ TINY_RUN = [
 
 
 def _cfg(tmp_path: Path, *extra: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[
-            f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path / 'run'}", *TINY_RUN, *extra,
-        ])
+    return compose_config(overrides=[
+        f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path / 'run'}", *TINY_RUN, *extra,
+    ])
 
 
 def _records(n: int = 8) -> list[dict]:

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 import reasonft  # noqa: F401  (resolvers)
-from reasonft.config import CONF_DIR
+from reasonft.config import compose_config
 from reasonft.data.prompts import PromptFormat
 from reasonft.models.gguf import CONVERSION_REPORT, GGUFStudent
 from reasonft.models.loading import load_student, load_tokenizer
@@ -101,11 +100,9 @@ def test_saved_student_tokenizer_encodes_like_the_one_trained_with(smollm2_path,
 
 
 def _compose(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(
-            "config",
-            overrides=[f"paths.output_dir={tmp_path}/run", f"paths.cache_dir={tmp_path}/cache", *overrides],
-        )
+    return compose_config(
+        overrides=[f"paths.output_dir={tmp_path}/run", f"paths.cache_dir={tmp_path}/cache", *overrides],
+    )
 
 
 def test_toy_settings_with_a_pretrained_model_stop_at_startup(smollm2_path, tmp_path, caplog):

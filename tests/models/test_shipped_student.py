@@ -13,19 +13,17 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import reasonft  # noqa: F401  (resolvers)
-from reasonft.config import CONF_DIR, PROJECT_ROOT
+from reasonft.config import PROJECT_ROOT, compose_config
 from reasonft.models import toy
 from reasonft.pipeline.runner import Pipeline
 
 
 def _default_cfg(tmp_path, *extra: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[f"paths.output_dir={tmp_path}/run",
-                                            f"paths.cache_dir={tmp_path}/cache", *extra])
+    return compose_config(overrides=[f"paths.output_dir={tmp_path}/run",
+                                     f"paths.cache_dir={tmp_path}/cache", *extra])
 
 
 def _default_builder(tmp_path, *extra: str) -> toy.ToyStudentBuilder:

@@ -15,13 +15,13 @@ from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from reasonft.config import CONF_DIR as CONF
 from reasonft.data.prompts import IGNORE_INDEX, PromptFormat, build_prompt
 from reasonft.data.toy import ToyWorld
 from reasonft.models import toy
 from reasonft.models.loading import load_student, load_tokenizer
 from reasonft.models.toy import ToyStudentBuilder
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 BOXED = re.compile(r"\\boxed\{(-?\d+)\}")
 PROBE = "Step 1:  12 - 5 = 7\n\n\nThen   add 3.\n  \n\\boxed{10}\n</think>\n \t end"
 

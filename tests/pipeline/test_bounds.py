@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import reasonft  # noqa: F401  (resolvers)
-from reasonft.config import CONF_DIR
+from reasonft.config import CONF_DIR, compose_config
 from reasonft.pipeline.bounds import bound_problems
 from reasonft.pipeline.startup import start
 
@@ -53,11 +52,9 @@ OUT_OF_BOUNDS = [
 
 
 def _cfg(tmp_path, overrides):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(
-            "config",
-            overrides=[f"paths.cache_dir={tmp_path}", f"paths.output_dir={tmp_path}", *overrides],
-        )
+    return compose_config(
+        overrides=[f"paths.cache_dir={tmp_path}", f"paths.output_dir={tmp_path}", *overrides],
+    )
 
 
 @pytest.fixture(scope="module")

@@ -4,16 +4,14 @@ paths.cache_dir on its first line, before anything is built."""
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 import reasonft  # noqa: F401  (resolvers)
-from reasonft.config import CONF_DIR
+from reasonft.config import compose_config
 from reasonft.pipeline.runner import Pipeline
 
 
 def _cfg(tmp_path, *overrides):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[f"paths.output_dir={tmp_path / 'run'}", *overrides])
+    return compose_config(overrides=[f"paths.output_dir={tmp_path / 'run'}", *overrides])
 
 
 def test_a_cache_under_a_file_names_the_environment_variable(tmp_path, monkeypatch):

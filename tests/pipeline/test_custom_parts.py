@@ -121,16 +121,13 @@ def test_a_selector_and_a_loss_term_from_a_test_file_train_from_run_py(tmp_path)
 def test_a_stage_that_loads_no_model_never_asks_for_its_identity(tmp_path):
     """Before: `model=hf` with no path and `stages=[verify,report]` ended in a TypeError inside
     `path_identity(None)`, though verify never loads a model."""
-    from hydra import compose, initialize_config_dir
-
-    from reasonft.config import CONF_DIR
+    from reasonft.config import compose_config
     from reasonft.pipeline.runner import Pipeline
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "model=hf", "model.path=null", "data=toy_real", "stages=[verify,report]",
-            f"paths.output_dir={tmp_path}/run", f"paths.cache_dir={tmp_path}/cache", *TINY_TOY,
-        ])
+    cfg = compose_config([
+        "model=hf", "model.path=null", "data=toy_real", "stages=[verify,report]",
+        f"paths.output_dir={tmp_path}/run", f"paths.cache_dir={tmp_path}/cache", *TINY_TOY,
+    ])
     pipeline = Pipeline(cfg)
     assert list(pipeline.keys()) == ["verify"]
     pipeline.run()

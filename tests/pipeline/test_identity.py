@@ -9,17 +9,15 @@ import re
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from reasonft.config import CONF_DIR
+from reasonft.config import compose_config
 from reasonft.pipeline.artifacts import content_key
 from reasonft.pipeline.identity import path_identity, resolved_plain
 
 
 def _composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_config(overrides=list(overrides))
 
 
 def _reference_key(config, inputs) -> str:

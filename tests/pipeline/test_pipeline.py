@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 import reasonft  # noqa: F401  (resolvers)
-from reasonft.config import CONF_DIR
+from reasonft.config import compose_config
 from reasonft.pipeline.runner import Pipeline
 
 TINY = [
@@ -40,16 +39,9 @@ TINY = [
 
 
 def _cfg(tmp_path, *extra: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(
-            "config",
-            overrides=[
-                f"paths.cache_dir={tmp_path / 'cache'}",
-                f"paths.output_dir={tmp_path / 'run'}",
-                *TINY,
-                *extra,
-            ],
-        )
+    return compose_config(overrides=[
+        f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path / 'run'}", *TINY, *extra,
+    ])
 
 
 def _built(pipeline: Pipeline) -> dict[str, bool]:

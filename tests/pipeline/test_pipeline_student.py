@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 import reasonft  # noqa: F401  (resolvers)
-from reasonft.config import CONF_DIR
+from reasonft.config import compose_config
 from reasonft.models.pipeline_student import PipelineStudent
 from reasonft.pipeline.runner import Pipeline
 
@@ -35,16 +34,15 @@ def test_a_run_builds_on_another_runs_trained_student(tmp_path: Path):
     nested = PipelineStudent(TINY_SFT, cache_dir=str(cache))
     assert nested.folder_name().startswith("train-")
     listed = ",".join(f"'{o}'" for o in TINY_SFT)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "model=smollm2_warm", f"model.build.overrides=[{listed}]", "stages=[evaluate]",
-            "allow_toy_settings=true", "eval.benchmarks.toy_test=null",
-            "eval.benchmarks.toy_test_greedy.limit=2", "eval.generator.max_new_tokens=8",
-            "eval.heldout_entropy.limit=2", "data.source.n_test=6", "data.source.max_ops=2",
-            f"paths.cache_dir={cache}", f"paths.output_dir={tmp_path}/run", "logger=none",
-        ])
-        pipeline = Pipeline(cfg)
-        pipeline.run()
+    cfg = compose_config(overrides=[
+        "model=smollm2_warm", f"model.build.overrides=[{listed}]", "stages=[evaluate]",
+        "allow_toy_settings=true", "eval.benchmarks.toy_test=null",
+        "eval.benchmarks.toy_test_greedy.limit=2", "eval.generator.max_new_tokens=8",
+        "eval.heldout_entropy.limit=2", "data.source.n_test=6", "data.source.max_ops=2",
+        f"paths.cache_dir={cache}", f"paths.output_dir={tmp_path}/run", "logger=none",
+    ])
+    pipeline = Pipeline(cfg)
+    pipeline.run()
     first = Pipeline(nested.config())
     assert pipeline.artifacts[0].stage == "base"
     assert Path(pipeline.base_path).name == Path(first.trained_model_path()).name == "model"

@@ -6,21 +6,23 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose
+from omegaconf import OmegaConf
 
 import reasonft  # noqa: F401  (resolvers)
-from reasonft.config import CONF_DIR
+from reasonft.config import CONF_DIR, compose_config, package_configs
 from reasonft.pipeline.startup import start
 
 PRESETS = [None] + sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 # Groups whose options carry different keys: switching them after a preset is where a preset
 # that patched an option's keys would break. Every option of every group is switched from the
 # default and from one paper preset; from every other preset, a rotating share of the selectors and
-# losses (the groups a preset picks; sized variants such as toy_oxa or oxa_7b are checked from the
-# first two).
+# losses (the groups a preset picks; sized variants such as toy_oxa or smollm2_oxa are checked from
+# the first two).
 OPTION_GROUPS = ("select", "loss")
 ALL_GROUPS = ("data", "model", "generate", "verify", "score", "select", "loss", "train", "trainer",
               "strategy", "logger", "callbacks", "eval")
@@ -55,7 +57,7 @@ def _expected_error(preset: str | None, group: str, option: str, data: str) -> s
         return "deepspeed"
     uses_self_samples = preset is None or preset.startswith(("toy_oxa_full", "oxa_full"))
     if group == "select":
-        uses_self_samples = option.endswith(("oxa", "oxa_7b", "confident_incorrect"))
+        uses_self_samples = option.endswith(("oxa", "confident_incorrect"))
     if group == "generate" and option == "vllm" and not HAS_VLLM and uses_self_samples:
         return "vLLM"
     if group == "eval" and option not in ("toy", "toy_small", "toy_quick") and not HAS_VLLM:
@@ -76,7 +78,7 @@ def _cases():
     """Every option of every group from EVERY_GROUP_FROM; from each other preset, a rotating sixth
     of the selectors and losses (every such option is still switched from four or more presets)."""
     switched = [(group, option) for group in OPTION_GROUPS for option in options(group)
-                if not option.startswith("toy_") and not option.endswith("_7b")]
+                if not option.startswith("toy_")]
     for i, preset in enumerate(PRESETS):
         if preset in EVERY_GROUP_FROM:
             yield from ((preset, group, option) for group in ALL_GROUPS for option in options(group))
@@ -87,7 +89,7 @@ def _cases():
 @pytest.mark.slow
 def test_every_option_after_every_preset_starts(tmp_path):
     failures = []
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with package_configs():  # one Hydra start-up for the few hundred compositions
         for preset, group, option in _cases():
             overrides = [f"experiment={preset}"] if preset else []
             overrides += [f"{group}={option}", f"paths.output_dir={tmp_path}/run"]
@@ -100,7 +102,7 @@ def test_every_option_after_every_preset_starts(tmp_path):
                 overrides.append("generate@eval.generator=hf")
             if paper and not HAS_CUDA and group != "trainer":
                 overrides.append("trainer.accelerator=cpu")
-            cfg = compose("config", overrides=overrides)
+            cfg = compose_config(overrides=overrides)
             expected = _expected_error(preset, group, option, cfg.data.name)
             try:
                 start(cfg)
@@ -116,10 +118,9 @@ def test_every_option_after_every_preset_starts(tmp_path):
 
 @pytest.mark.skipif(HAS_VLLM or HAS_CUDA, reason="vLLM and a GPU are here")
 def test_paper_preset_on_a_cpu_machine_stops_at_startup_naming_what_is_missing(tmp_path):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        gpu = compose("config", overrides=["experiment=oxa_full_1.5b", f"paths.output_dir={tmp_path}"])
-        cpu = compose("config", overrides=["experiment=oxa_full_1.5b", f"paths.output_dir={tmp_path}",
-                                           "trainer.accelerator=cpu"])
+    gpu = compose_config(overrides=["experiment=oxa_full_1.5b", f"paths.output_dir={tmp_path}"])
+    cpu = compose_config(overrides=["experiment=oxa_full_1.5b", f"paths.output_dir={tmp_path}",
+                                    "trainer.accelerator=cpu"])
     with pytest.raises(ValueError, match="(?s)trainer: .*gpu"):
         start(gpu)
     with pytest.raises(ValueError, match="(?s)eval: .*vLLM"):
@@ -130,15 +131,71 @@ def test_toy_presets_score_given_the_prompt_and_the_lalp_study_keeps_its_student
     """The toy OXA presets read PPL given the prompt (the toy student never saw a response
     alone); the paper presets keep the official response-only PPL; the LALP study runs on the
     student its figures were measured with."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for preset in ("toy_sft", "toy_sft_lp", "toy_oxa_mle", "toy_oxa_full"):
-            cfg = compose("config", overrides=[f"experiment={preset}"])
-            assert cfg.score.method == "ppl" and cfg.score.condition_on_prompt is True, preset
-            assert cfg.model.build.pretrain_max_multiplier == 2, preset
-        for preset in ("oxa_full_1.5b", "sft_lp_7b"):
-            cfg = compose("config", overrides=[f"experiment={preset}"])
-            assert cfg.score.condition_on_prompt is False, preset
-        for preset in sorted(p.stem for p in (CONF_DIR / "experiment").glob("toy_lalp_*.yaml")):
-            build = compose("config", overrides=[f"experiment={preset}"]).model.build
-            assert list(build.pretrain_operators) == ["+", "-", "/"], preset
-            assert build.pretrain_max_multiplier is None and build.steps == 2200, preset
+    for preset in ("toy_sft", "toy_sft_lp", "toy_oxa_mle", "toy_oxa_full"):
+        cfg = compose_config(overrides=[f"experiment={preset}"])
+        assert cfg.score.method == "ppl" and cfg.score.condition_on_prompt is True, preset
+        assert cfg.model.build.pretrain_max_multiplier == 2, preset
+    for preset in ("oxa_full_1.5b", "sft_lp_7b"):
+        cfg = compose_config(overrides=[f"experiment={preset}"])
+        assert cfg.score.condition_on_prompt is False, preset
+    for preset in sorted(p.stem for p in (CONF_DIR / "experiment").glob("toy_lalp_*.yaml")):
+        build = compose_config(overrides=[f"experiment={preset}"]).model.build
+        assert list(build.pretrain_operators) == ["+", "-", "/"], preset
+        assert build.pretrain_max_multiplier is None and build.steps == 2200, preset
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, child in node.items() for k, v in _flat(child, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def _resolved(*overrides: str) -> dict[str, Any]:
+    cfg = compose_config(overrides=[*overrides, "paths.output_dir=/tmp/reasonft-presets-run"])
+    return _flat(OmegaConf.to_container(cfg, resolve=True))
+
+
+def test_task_name_is_the_chosen_experiment():
+    with package_configs():
+        for preset in PRESETS[1:]:
+            assert compose_config(overrides=[f"experiment={preset}"]).task_name == preset
+        assert compose_config().task_name == "toy_oxa_full"  # the default experiment
+        assert compose_config(overrides=["~experiment"]).task_name == "default"
+        assert compose_config(overrides=["experiment=toy_sft", "task_name=mine"]).task_name == "mine"
+        # A multirun's sweeper is built from the composed config before any job sets Hydra's.
+        sweep = compose("config", overrides=["hparams_search=oxa_optuna", "experiment=toy_sft"],
+                        return_hydra_config=True)
+        assert sweep.hydra.sweeper.study_name == "oxa_toy_sft"
+    presets = [OmegaConf.load(CONF_DIR / "experiment" / f"{p}.yaml") for p in PRESETS[1:]]
+    assert not [p for p in presets if "task_name" in p]
+
+
+@pytest.mark.parametrize("method", ["oxa_full", "oxa_mle", "sft", "sft_lp"])
+def test_a_7b_preset_is_its_1_5b_preset_at_scale_7b(method):
+    """scale= holds what the student's size changes (model, learning rate, the promote window's
+    mu); `experiment=<method>_1.5b scale=7b` is the 7B preset."""
+    with package_configs():
+        small, large = _resolved(f"experiment={method}_1.5b"), _resolved(f"experiment={method}_7b")
+        switched = _resolved(f"experiment={method}_1.5b", "scale=7b")
+    # (model.path is each size's environment variable, both unset here or not)
+    differ = {k for k in small.keys() | large.keys() if small.get(k) != large.get(k)} - {"model.path"}
+    mu = {"oxa_full": {"select.promote.mu"}, "oxa_mle": {"select.mu"}}.get(method, set())
+    assert differ == {"task_name", "train.optimizer.lr", "model.name", *mu}, differ
+    assert (small["train.optimizer.lr"], large["train.optimizer.lr"]) == (2.5e-4, 5.0e-5)
+    assert (small["model.name"], large["model.name"]) == ("qwen2.5-math-1.5b", "qwen2.5-math-7b")
+    for key in mu:
+        assert (small[key], large[key]) == (2.5, 3.0)
+    assert {k: v for k, v in switched.items() if k != "task_name"} == {
+        k: v for k, v in large.items() if k != "task_name"
+    }
+
+
+def test_an_option_switched_after_a_7b_preset_keeps_its_own_keys():
+    """The window's centre follows scale=7b into select=ppl_gaussian wherever it is chosen, and
+    a selector without a window gets no mu."""
+    with package_configs():
+        lowest = compose_config(overrides=["experiment=oxa_full_7b", "select=ppl_lowest"]).select
+        gaussian = compose_config(overrides=["experiment=sft_7b", "select=ppl_gaussian"]).select
+        toy = compose_config(overrides=["select=ppl_gaussian"]).select  # scale=default
+    assert "promote" not in lowest and "mu" not in lowest
+    assert (gaussian.mu, toy.mu) == (3.0, 2.5)

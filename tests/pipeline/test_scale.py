@@ -22,17 +22,16 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.strategies import FSDPStrategy
 
+from reasonft.config import CONF_DIR, compose_config
+
 ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = ROOT / "conf"
 
 
 def compose_cfg(overrides: list[str], hydra_config: bool = False) -> DictConfig:
-    from hydra import compose, initialize_config_dir
 
     import reasonft  # noqa: F401  (config resolvers)
 
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides, return_hydra_config=hydra_config)
+    return compose_config(overrides=overrides, return_hydra_config=hydra_config)
 
 
 # ---- strategies ---------------------------------------------------------------------------

@@ -11,11 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 import reasonft  # noqa: F401  (resolvers)
-from reasonft.config import CONF_DIR
+from reasonft.config import compose_config
 from reasonft.pipeline.runner import Pipeline
 
 # Which artifacts read a config path directly (prefix match on the resolved config).
@@ -118,8 +117,7 @@ CHANGES_PLAN = {
 
 
 def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=["paths.output_dir=/tmp/reasonft-identity-run", *overrides])
+    return compose_config(overrides=["paths.output_dir=/tmp/reasonft-identity-run", *overrides])
 
 
 def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:

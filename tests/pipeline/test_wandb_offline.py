@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from reasonft.config import compose_config
+
 BLOCK = 32 * 1024
 HEADER = struct.Struct("<IHB")  # crc32, length, record type
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
@@ -138,7 +139,6 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _cfg(tmp_path: Path, task_name: str, logger: str = "wandb") -> Any:
-    from hydra import compose, initialize_config_dir
 
     import reasonft  # noqa: F401
 
@@ -160,8 +160,7 @@ def _cfg(tmp_path: Path, task_name: str, logger: str = "wandb") -> Any:
         "data.prompt_suffix=",
         "data.chat_template=false",
     ]
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
+    return compose_config(overrides=overrides)
 
 
 def _run_dir(tmp_path: Path) -> Path:
@@ -202,7 +201,6 @@ def test_pipeline_run_logs_config_curves_tables_and_reference_artifacts(
 ) -> None:
     """`run_pipeline` with logger=wandb offline: the run folder holds what the stages logged."""
     import wandb
-    from hydra import compose, initialize_config_dir
 
     import reasonft  # noqa: F401
     from reasonft.pipeline.runner import run_pipeline
@@ -211,8 +209,7 @@ def test_pipeline_run_logs_config_curves_tables_and_reference_artifacts(
         *TINY_SFT, f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
         "task_name=wbtest", "logger=wandb", "logger.wandb.offline=true",
     ]
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config(overrides=overrides)
     objective = run_pipeline(cfg)
     assert wandb.run is None
 

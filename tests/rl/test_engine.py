@@ -8,11 +8,10 @@ import math
 import datasets
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from transformers import AutoModelForCausalLM
 
-from reasonft.config import CONF_DIR
+from reasonft.config import compose_config
 from reasonft.data.prompts import PromptFormat
 from reasonft.rl.recipe import GRPORecipe
 from reasonft.rl.stage import run_grpo
@@ -38,8 +37,7 @@ class ParityVerifier:
 
 
 def _composed_recipe(*overrides: str) -> GRPORecipe:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["paths.output_dir=/tmp/x", *overrides])
+    cfg = compose_config(overrides=["paths.output_dir=/tmp/x", *overrides])
     node = cfg.rl.copy()
     node.validation.evaluator = None
     return instantiate(node)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import reasonft
-from reasonft.config import CONF_DIR
+from reasonft.config import compose_config
 from reasonft.rl.reward import VerifierReward
 from reasonft.verify.rl_reward import rl_extract, rl_verdict
 
@@ -54,8 +53,7 @@ def test_the_three_graders_differ_where_the_rules_do():
 
 
 def _verifier(**overrides):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["verify=rl"])
+    cfg = compose_config(overrides=["verify=rl"])
     node = cfg.verify
     node.update({"show_progress": False, "workers": 1, **overrides})
     return instantiate(node)
@@ -92,9 +90,8 @@ def test_reward_values_and_counts_by_outcome():
 
 
 def test_a_run_can_choose_the_evaluation_or_the_default_grader():
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        official = compose("config", overrides=["verify@rl.reward=official"])
-        default = compose("config", overrides=["verify@rl.reward=default"])
+    official = compose_config(overrides=["verify@rl.reward=official"])
+    default = compose_config(overrides=["verify@rl.reward=default"])
     assert official.rl.reward.answer_rule == "official"
     assert default.rl.reward.answer_rule == "last_think"
     reward = VerifierReward(instantiate({**default.rl.reward, "show_progress": False}))

@@ -8,11 +8,10 @@ import json
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import reasonft  # noqa: F401  (resolvers)
-from reasonft.config import CONF_DIR
+from reasonft.config import compose_config
 from reasonft.pipeline.runner import Pipeline
 
 # What the rl artifact reads, written here from the stage table (README), not from plan.py.
@@ -25,8 +24,7 @@ RL_NOT_HASHED = ("rl.resume",)
 
 
 def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=["paths.output_dir=/tmp/reasonft-rl-run", *overrides])
+    return compose_config(overrides=["paths.output_dir=/tmp/reasonft-rl-run", *overrides])
 
 
 def test_plan_starts_rl_from_the_trained_student_or_the_base_one(tmp_path):

@@ -382,12 +382,13 @@ def test_api_list_in_list_out_and_named_steps(tiny_model, tiny_tokenizer):
     [("ppl", "ppl", False), ("galp", "galp", True), ("lalp", "lalp", True)],
 )
 def test_score_configs_compose_and_instantiate(name, method, condition):
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
     from hydra.utils import instantiate
 
-    from reasonft.scoring.steps import SentenceSteps, conf_dir
+    from reasonft.config import package_configs
+    from reasonft.scoring.steps import SentenceSteps
 
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+    with package_configs():
         cfg = compose(overrides=[f"+score={name}"])
         scorer = instantiate(cfg.score)
         assert (

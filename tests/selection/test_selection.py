@@ -277,7 +277,7 @@ def test_every_config_instantiates():
         if path.stem == "single_teacher":
             cfg.teacher = "QwQ"
         component = hydra.utils.instantiate(cfg)
-        # A sized variant (toy_oxa, ppl_gaussian_7b) builds the selector of the option it extends
+        # A sized variant (toy_oxa, smollm2_oxa) builds the selector of the option it extends
         # (the first entry of its defaults list).
         raw = OmegaConf.load(path)
         extends = path.stem if "_target_" in raw else raw.defaults[0]

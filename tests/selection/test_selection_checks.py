@@ -60,10 +60,9 @@ def _columns_read(monkeypatch, selector, ds) -> set[str]:
     return read - BASE
 
 
-# Sized variants (toy_oxa, oxa_7b, smollm2_oxa, ...) build the class of the option they extend:
+# Sized variants (toy_oxa, smollm2_oxa, ...) build the class of the option they extend:
 # checked there (their windows sit on other PPL scales than this synthetic pool's 1.3-4).
-BASE_STRATEGIES = [s for s in available_strategies()
-                   if not s.startswith(("toy_", "smollm2_")) and not s.endswith("_7b")]
+BASE_STRATEGIES = [s for s in available_strategies() if not s.startswith(("toy_", "smollm2_"))]
 
 
 @pytest.mark.parametrize("strategy", BASE_STRATEGIES)

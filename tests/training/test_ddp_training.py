@@ -28,7 +28,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, open_dict
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from reasonft.config import CONF_DIR, compose_config
+
 CORPUS = [
     f"What is {a} * {b}? It is {a * b}. \\boxed{{{a * b}}}" for a in range(9) for b in range(9)
 ]
@@ -147,7 +148,6 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.distributed
 def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
-    from hydra import compose, initialize_config_dir
 
     import reasonft  # noqa: F401  (config resolvers)
 
@@ -190,10 +190,9 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
 
     threads = torch.get_num_threads()
     try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            single_cfg = compose(
-                "config", overrides=[*overrides_for(1), f"paths.output_dir={tmp_path / 'single'}"]
-            )
+        single_cfg = compose_config(
+            overrides=[*overrides_for(1), f"paths.output_dir={tmp_path / 'single'}"],
+        )
         train_once(single_cfg, tmp_path)
     finally:
         torch.set_num_threads(threads)

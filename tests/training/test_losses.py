@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
+from reasonft.config import compose_option
 from reasonft.training.losses import (
     CrossEntropyTerm,
     LossComposition,
@@ -19,8 +18,6 @@ from reasonft.training.losses import (
     unlikelihood,
 )
 from reasonft.training.step_totals import StepTotals
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def reference_ul(logp: float) -> float:
@@ -229,7 +226,7 @@ def test_a_term_reads_the_entropy_and_a_record_column():
     ],
 )
 def test_loss_configs_instantiate(name, want):
-    comp = instantiate(OmegaConf.load(CONF / "loss" / f"{name}.yaml"))
+    comp = instantiate(compose_option("loss", name))  # its defaults list composed
     assert isinstance(comp, LossComposition)
     got = {key: (type(t), t.weight, t.reduction, t.loss_type) for key, t in comp.terms.items()}
     assert got == want

@@ -5,12 +5,10 @@ from __future__ import annotations
 import copy
 
 import pytest
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
 import reasonft  # noqa: F401  (resolvers)
-from reasonft.config import CONF_DIR
+from reasonft.config import CONF_DIR, compose_config
 from reasonft.pipeline.startup import start
 from reasonft.training.train import NoTrainingStep, train_student
 
@@ -40,12 +38,8 @@ def make_records(n: int) -> list[dict]:
 
 @pytest.mark.parametrize("key", ["max_epochs", "max_steps", "limit_train_batches"])
 def test_zero_step_trainer_settings_stop_at_start_up(tmp_path, key):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose(
-            "config",
-            overrides=[f"paths.cache_dir={tmp_path}", f"paths.output_dir={tmp_path}", f"+trainer.{key}=0"
-                       if key == "limit_train_batches" else f"trainer.{key}=0"],
-        )
+    zero = f"+trainer.{key}=0" if key == "limit_train_batches" else f"trainer.{key}=0"
+    cfg = compose_config(overrides=[f"paths.cache_dir={tmp_path}", f"paths.output_dir={tmp_path}", zero])
     with pytest.raises(ValueError, match=f"trainer.{key}=0: the fit would take no optimiser step"):
         start(cfg)
 

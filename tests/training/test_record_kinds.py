@@ -14,12 +14,10 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import Tensor
 
-import reasonft  # noqa: F401  (config resolvers)
-from reasonft.config import CONF_DIR
+import reasonft.config
 from reasonft.data.prompts import PromptFormat
 from reasonft.training.collate import encode_record
 from reasonft.training.losses import LossInputs, LossTerm
@@ -85,8 +83,7 @@ def overrides(tmp_path: Path, per_step: str = "{ce:2,ul:1,ce_weighted:1}") -> li
 
 
 def compose_config(items: list[str]) -> Any:
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=items)
+    return reasonft.config.compose_config(items)
 
 
 def make_records() -> list[dict[str, Any]]:

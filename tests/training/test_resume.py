@@ -23,7 +23,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from reasonft.config import compose_config
 
 # 24 CE + 8 UL records, 3 CE + 1 UL per step: 8 optimiser steps per epoch, 2 micro-batches
 # each (accumulation 2), 3 epochs = 24 steps; a checkpoint every 4 steps (4, 8 = end of epoch 0,
@@ -92,12 +92,10 @@ class BatchRecorder(pl.Callback):
 
 
 def compose_train_config(overrides: list[str]) -> Any:
-    from hydra import compose, initialize_config_dir
 
     import reasonft  # noqa: F401  (config resolvers)
 
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
+    return compose_config(overrides=overrides)
 
 
 def make_inputs(workdir: Path) -> None:

@@ -22,6 +22,7 @@ from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from reasonft.config import CONF_DIR as CONF
 from reasonft.data.prompts import PromptFormat
 from reasonft.scoring.logprobs import token_logprobs
 from reasonft.training.collate import Collator, pack
@@ -29,8 +30,6 @@ from reasonft.training.datamodule import RecordsDataModule
 from reasonft.training.losses import CrossEntropyTerm, LossComposition, UnlikelihoodTerm
 from reasonft.training.module import NonFiniteLossError, StudentModule
 from reasonft.training.train import build_strategy, build_trainer, train_student
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def make_records(values: list[int], ul_every: int = 0) -> list[dict]:

@@ -1,20 +1,17 @@
 """The official OXA grader (DeepScaleR's reward function): each crafted case carries the verdict
 the official evaluation code gives for it (checked by running that code on these cases)."""
 
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import reasonft
+from reasonft.config import compose_option
 from reasonft.verify.extract import last_boxed_official
 from reasonft.verify.math_normalize import math_normalize
 from reasonft.verify.official import official_equal, official_extract, official_verdict
 from reasonft.verify.sympy_equal import sympy_normalize
 from reasonft.verify.verifier import Verifier
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # (response, gold, official verdict, math-verify verdict): the first three rows are the kinds
 # of response on which the two rules differ.
@@ -115,8 +112,7 @@ def test_official_equal_is_symmetric_on_simple_pairs():
 
 
 def _verify_config(option: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR / "verify"), version_base="1.3"):
-        return compose(option)
+    return compose_option("verify", option)
 
 
 def test_verify_official_config_counts_missing_think_in_the_report():

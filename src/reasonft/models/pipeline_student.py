@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from reasonft.config import CONF_DIR
+from reasonft.config import compose_config
 
 
 class PipelineStudent:
@@ -36,17 +36,10 @@ class PipelineStudent:
         self.cache_dir = cache_dir
 
     def config(self) -> DictConfig:
-        from hydra import compose, initialize_config_dir
-        from hydra.core.global_hydra import GlobalHydra
-
         overrides = [*self.overrides, "stages=[train]"]
         if self.cache_dir is not None:
             overrides.append(f"paths.cache_dir={self.cache_dir}")
-        if GlobalHydra.instance().is_initialized():  # inside run.py or a test's compose
-            cfg = compose("config", overrides=overrides)
-        else:
-            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-                cfg = compose("config", overrides=overrides)
+        cfg = compose_config(overrides)  # inside run.py, in its Hydra
         with open_dict(cfg):  # its logs and checkpoints are not the calling run's
             cfg.paths.output_dir = tempfile.mkdtemp(prefix="reasonft-pipeline-student-")
         return cfg

@@ -554,14 +554,12 @@ def toy_student(cache_dir: str | Path | None = None) -> tuple[ToyWorld, PreTrain
     for a notebook: (world, model, tokenizer). The student is the shipped one, copied into
     `cache_dir` (default: `paths.cache_dir`) in seconds; built there when the default settings
     have changed since it was shipped."""
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from reasonft.config import CONF_DIR
+    from reasonft.config import compose_config
     from reasonft.models.loading import load_student
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["paths.output_dir=."])
+    cfg = compose_config(["paths.output_dir=."])
     world = instantiate(cfg.data.source)
     builder = instantiate(cfg.model.build, world=world)
     folder = builder.build(cache_dir if cache_dir is not None else cfg.paths.cache_dir)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 StepSplitter = Callable[[str, Mapping[str, Any]], list[str]]
@@ -141,25 +140,14 @@ def _record_name(record: Mapping[str, Any]) -> str:
     return "record " + (", ".join(parts) if parts else "(no prompt_id)")
 
 
-def conf_dir() -> Path:
-    """The project's Hydra `conf/` folder (beside `src/` in the checkout)."""
-    import reasonft
-
-    path = Path(reasonft.__file__).resolve().parents[2] / "conf"
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"{path} does not exist: named configs (steps='paragraph') need the reasonft checkout's "
-            "conf/ folder. Pass a splitter object instead, e.g. steps=ParagraphSteps()."
-        )
-    return path
-
-
 def splitter_from_config(name: str, **overrides: Any) -> StepSplitter:
     """Build the splitter named by `conf/score/steps/<name>.yaml` (keys overridable)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    folder = conf_dir() / "score" / "steps"
+    from reasonft.config import CONF_DIR
+
+    folder = CONF_DIR / "score" / "steps"
     path = folder / f"{name}.yaml"
     if not path.exists():
         options = sorted(p.stem for p in folder.glob("*.yaml"))

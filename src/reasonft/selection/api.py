@@ -8,20 +8,18 @@ registry: adding `conf/select/<name>.yaml` adds a strategy.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import datasets
 import hydra.utils
 from omegaconf import DictConfig, OmegaConf
 
-import reasonft
-from reasonft.config import compose_option
+from reasonft.config import CONF_DIR, compose_option
 from reasonft.data.records import as_dataset, like_input
 from reasonft.selection.base import Selection
 from reasonft.selection.teacher_rank import TeacherRanker, TeacherRanking
 
-SELECT_CONF_DIR = Path(reasonft.__file__).parents[2] / "conf" / "select"
+SELECT_CONF_DIR = CONF_DIR / "select"
 
 
 def available_strategies() -> list[str]:
