@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # machine the CUDA build of the same version.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-vllm lock-vllm test-fast lint bench clean-cache wheels gpu-check-dry lock check-latest compare toy-student check-toy-student smollm2 smollm2-warm
+.PHONY: demo test test-demo test-vllm lock-vllm test-fast lint bench clean-cache wheels gpu-check-dry lock check-latest compare toy-student check-toy-student smollm2 smollm2-warm
 
 # constraints.txt holds the versions the suite was run green with: a fresh clone installs those.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -74,6 +74,10 @@ compare: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(ARGS)
+
+# make demo's default run on a fresh cache, its headline checked against the README's range.
+test-demo: $(VENV)/.installed
+	REASONFT_TEST_DEMO=1 $(PY) -m pytest -q -m demo $(ARGS)
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow" $(ARGS)

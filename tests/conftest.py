@@ -70,12 +70,17 @@ def tiny_model(tiny_tokenizer):
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 # `make test-vllm` sets it: there a vLLM that cannot be imported fails the tests, never skips them.
 REQUIRE_VLLM = os.environ.get("REASONFT_REQUIRE_VLLM") == "1"
+# `make test-demo` sets it: the default run on a fresh cache takes minutes, so `make test` skips it.
+RUN_DEMO = os.environ.get("REASONFT_TEST_DEMO") == "1"
 
 
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs CUDA; no GPU on this machine")
     skip_vllm = pytest.mark.skip(reason="vllm is not installed here: `make test-vllm` runs it (.venv-vllm)")
+    skip_demo = pytest.mark.skip(reason="the default run on a fresh cache: `make test-demo` runs it")
     for item in items:
+        if "demo" in item.keywords and not RUN_DEMO:
+            item.add_marker(skip_demo)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
         if "vllm" in item.keywords and not HAS_VLLM and not REQUIRE_VLLM:
