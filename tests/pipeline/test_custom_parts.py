@@ -88,12 +88,6 @@ def test_a_stage_from_a_test_file_runs_from_run_py(tmp_path):
     assert entry["report"] == {"sources": len(counts), "correct": sum(counts.values())} and counts
     (verify,) = [v for k, v in results["stages"].items() if k.startswith("verify:")]
     assert counts == {s: c["correct"] for s, c in verify["report"]["by_source"].items() if c["correct"]}
-    # The same command reuses its artifact.
-    again = _run(
-        tmp_path, f"+pipeline.correct_by_source._target_={HERE}.CorrectBySource",
-        "stages=[correct_by_source,report]",
-    )
-    assert again["stages"][key]["reused"]
 
 
 def test_a_selector_and_a_loss_term_from_a_test_file_train_from_run_py(tmp_path):
