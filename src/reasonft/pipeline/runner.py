@@ -40,11 +40,6 @@ log = logging.getLogger(__name__)
 SHOWN_FILES = (
     "*.md", "*.png", "report.json", "selection_report.json", "train_report.json", "rl_report.json"
 )
-# Read by a stage but never part of what it produces: where it writes, how it logs, and where a
-# resumed fit finds its checkpoint (besides each stage's own `unhashed`).
-OUTPUT_ONLY = (
-    "train.ckpt_path", "rl.resume", "trainer.default_root_dir", "logger", "callbacks", "paths"
-)
 
 
 class Pipeline:
@@ -65,6 +60,7 @@ class Pipeline:
         self.results: dict[str, Any] = {}
         self.shown: list[Path] = []
         self.labels: dict[int, str] = {}  # artifact index -> its folder in the run folder
+        self._keys: dict[str, str] = {}
 
     @property
     def planned(self) -> list[Stage]:
@@ -72,9 +68,10 @@ class Pipeline:
 
     # -- what each artifact's key hashes ----------------------------------------------------------
     def slice(self, stage: Stage) -> dict[str, Any]:
-        """The resolved config paths `stage` reads, minus the output-only ones."""
+        """The resolved config paths `stage` reads, minus the leaves it declares `unhashed`
+        (where it writes, where a resumed run finds its checkpoint)."""
         view = {path: select_path(self.config, path) for path in stage.reads}
-        for path in OUTPUT_ONLY:
+        for path in stage.unhashed:
             head, _, leaf = path.rpartition(".")
             if head in view and isinstance(view[head], dict):
                 view[head] = {k: v for k, v in view[head].items() if k != leaf}
@@ -134,7 +131,10 @@ class Pipeline:
         return {**self.slice(stage), **extra}, inputs
 
     def key(self, name: str) -> str:
-        return content_key(*self.spec(name))
+        # Memoised: every downstream key hashes its upstream keys, so they are asked for often.
+        if name not in self._keys:
+            self._keys[name] = content_key(*self.spec(name))
+        return self._keys[name]
 
     def keys(self) -> dict[str, str]:
         """The key of every artifact the plan builds, computed without building anything."""

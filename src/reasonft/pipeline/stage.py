@@ -19,6 +19,7 @@ A new stage is one class plus its entry in the `pipeline` config group
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,7 @@ class KeyParts:
     stages: tuple[str, ...] = field(default=())  # the plan's stages
 
 
-class Stage:
+class Stage(ABC):
     """Base class of every stage; subclasses set `name` and `reads` and write `produce`."""
 
     name: ClassVar[str]
@@ -130,8 +131,9 @@ class Stage:
         """What the final report shows of this artifact (evaluation metrics), if anything."""
         return None
 
+    @abstractmethod
     def produce(self, inputs: StageInputs, out_dir: Path) -> dict[str, Any]:
-        raise NotImplementedError(f"{type(self).__name__}.produce")
+        """Build the artifact into `out_dir`; return its report."""
 
     def label(self, tag: str) -> str:
         """The artifact's folder in the run folder (and its name in the plan's keys)."""

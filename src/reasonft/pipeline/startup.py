@@ -19,7 +19,7 @@ from reasonft.data.prompts import PromptFormat
 from reasonft.pipeline.bounds import check_bounds
 from reasonft.pipeline.cache_dir import check_cache_dir
 from reasonft.pipeline.components import build
-from reasonft.pipeline.plan import Plan, make_plan, select_path
+from reasonft.pipeline.plan import Plan, make_plan
 from reasonft.pipeline.stage import Stage
 from reasonft.stages.base_student import builds_base
 from reasonft.sweep import check_launch
@@ -146,20 +146,14 @@ def config_slice(config: dict[str, Any], paths: tuple[str, ...]) -> DictConfig:
     """The resolved values at `paths`, nested as in the whole config (absent paths left out)."""
     out: dict[str, Any] = {}
     for path in paths:
-        parts = path.split(".")
-        if not _present(config, parts):
+        *heads, leaf = path.split(".")
+        node: Any = config
+        for part in heads:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
             continue
         into = out
-        for head in parts[:-1]:
+        for head in heads:
             into = into.setdefault(head, {})
-        into[parts[-1]] = copy.deepcopy(select_path(config, path))
+        into[leaf] = copy.deepcopy(node[leaf])
     return OmegaConf.create(out)
-
-
-def _present(config: dict[str, Any], parts: list[str]) -> bool:
-    node: Any = config
-    for part in parts:
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True

@@ -3,6 +3,7 @@ ranking (JSON, Markdown, a bar plot), shown in the final report."""
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,11 +15,9 @@ class RankTeachers(Stage):
     name = "rank"
     reads: ClassVar[tuple[str, ...]] = ("rank",)
 
-    @property
+    @cached_property
     def ranker(self) -> Any:
-        if not hasattr(self, "_ranker"):
-            self._ranker = build("rank", self.config.rank)
-        return self._ranker
+        return build("rank", self.config.rank)
 
     def demands(self) -> Demands:
         return Demands(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,11 +17,9 @@ class Select(Stage):
     name = "select"
     reads: ClassVar[tuple[str, ...]] = ("select",)
 
-    @property
+    @cached_property
     def selector(self) -> Any:
-        if not hasattr(self, "_selector"):
-            self._selector = build("select", self.config.select)
-        return self._selector
+        return build("select", self.config.select)
 
     def demands(self) -> Demands:
         return Demands(

@@ -31,20 +31,14 @@ def is_correct(response: str, gold: str, timeout: float = 5.0, grader: str = "ma
     if grader not in GRADERS:
         raise ValueError(f"is_correct(grader={grader!r}): choose one of {list(GRADERS)}")
     in_main = threading.current_thread() is threading.main_thread()
-    if grader == "rl":
-        from reasonft.verify.rl_reward import rl_verdict
-
+    if grader in ("rl", "official"):
+        if grader == "rl":
+            from reasonft.verify.rl_reward import rl_verdict as verdict
+        else:
+            from reasonft.verify.official import official_verdict as verdict
         try:
             with _alarm(timeout if in_main else None):
-                return rl_verdict(response, gold)
-        except _Expired:
-            return False
-    if grader == "official":
-        from reasonft.verify.official import official_verdict
-
-        try:
-            with _alarm(timeout if in_main else None):
-                return official_verdict(response, gold)
+                return verdict(response, gold)
         except _Expired:
             return False
     pred = extract_answer(response)
