@@ -60,7 +60,6 @@ class Pipeline:
         self.results: dict[str, Any] = {}
         self.shown: list[Path] = []
         self.labels: dict[int, str] = {}  # artifact index -> its folder in the run folder
-        self._keys: dict[str, str] = {}
 
     @property
     def planned(self) -> list[Stage]:
@@ -131,10 +130,7 @@ class Pipeline:
         return {**self.slice(stage), **extra}, inputs
 
     def key(self, name: str) -> str:
-        # Memoised: every downstream key hashes its upstream keys, so they are asked for often.
-        if name not in self._keys:
-            self._keys[name] = content_key(*self.spec(name))
-        return self._keys[name]
+        return content_key(*self.spec(name))
 
     def keys(self) -> dict[str, str]:
         """The key of every artifact the plan builds, computed without building anything."""
